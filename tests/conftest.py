@@ -1,0 +1,47 @@
+"""Shared fixtures: the ../shared data beside the checkout and a tiny trained-free model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from evalkit.artifact import save_artifact
+from evalkit.model import GPT, GPTConfig
+from evalkit.quant import QuantSpec, quantize_state_dict
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SP1024 = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
+SP8192 = SHARED / "tokenizers" / "fineweb_8192_bpe.model"
+VAL1024 = SHARED / "corpus" / "shards" / "fineweb_verify200_sp1024_val_000000.bin"
+
+
+def require_shared() -> None:
+    if not VAL1024.exists():
+        pytest.skip(f"{SHARED} not found beside the checkout (CI provides it)")
+
+
+def tiny_config(**kw) -> GPTConfig:
+    base = dict(vocab_size=1024, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, train_seq_len=64)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def random_model(cfg: GPTConfig, seed: int = 0) -> GPT:
+    """A model with non-trivial weights (zero-init layers would make every window alike)."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(std=0.08)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_artifact(tmp_path) -> Path:
+    cfg = tiny_config()
+    model = random_model(cfg)
+    path = tmp_path / "tiny.ptz"
+    save_artifact(path, cfg, quantize_state_dict(model.state_dict(), QuantSpec(8)))
+    return path
