@@ -1,0 +1,441 @@
+"""The data layer: challenge-format token shards, documents, and byte accounting.
+
+A shard is 256 little-endian int32 (magic, version, token count, zeros) followed by the
+tokens as little-endian uint16, exactly as openai/parameter-golf writes them. Every
+document starts with BOS (id 1). The score divides by bytes counted with the challenge's
+rule (see `ByteTable`), so this module is the single place that knows that rule.
+
+CLI (bad input prints one `error: ...` line on stderr and exits 2):
+    python -m evalkit.data prepare --input X.jsonl|X.txt (--tokenizer M.model | --train-tokenizer V)
+                                   --out DIR [--val-docs N] [--name NAME]
+    python -m evalkit.data info GLOB [--tokenizer M.model]
+Input formats for `prepare`: .jsonl holds one {"text": ...} object per line; any other
+file is plain text whose documents are separated by a form feed or by two or more
+consecutive blank lines (a single blank line is a paragraph break inside a document).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+
+log = logging.getLogger(__name__)
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+BOS_ID = 1
+HEADER_BYTES = HEADER_INTS * 4
+MAX_SHARD_TOKENS = 100_000_000  # the challenge's shard size; keeps any one file < 200 MB
+SPACE_PIECE = "\u2581"  # sentencepiece's '▁', the marker for a preceding space
+
+
+# ---------------------------------------------------------------- shards
+
+
+def read_shard(path: str | Path) -> np.ndarray:
+    """Tokens of one shard as uint16, after checking magic, version and exact file size."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalkitError(f"{path}: no such shard file; check the path")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise EvalkitError(
+            f"{path}: {size} bytes is shorter than the {HEADER_BYTES}-byte shard header; "
+            "the file is truncated or not a shard"
+        )
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header[0] != SHARD_MAGIC:
+        raise EvalkitError(
+            f"{path}: bad magic {int(header[0])} (expected {SHARD_MAGIC}); "
+            "not a parameter-golf shard — regenerate it with `python -m evalkit.data prepare`"
+        )
+    if header[1] != SHARD_VERSION:
+        raise EvalkitError(
+            f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION}); "
+            "regenerate it with `python -m evalkit.data prepare`"
+        )
+    count = int(header[2])
+    expected = HEADER_BYTES + 2 * count
+    if count < 0 or size != expected:
+        raise EvalkitError(
+            f"{path}: file is {size} bytes but its header promises {count} tokens "
+            f"({expected} bytes); the file is truncated or corrupt — regenerate it"
+        )
+    return np.fromfile(path, dtype="<u2", count=count, offset=HEADER_BYTES).astype(np.uint16, copy=False)
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> None:
+    """Write `tokens` as one shard; ids must fit uint16 because that is the on-disk type."""
+    path = Path(path)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise EvalkitError(f"{path}: tokens must be a 1-D array, got shape {tokens.shape}")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= 65536):
+        bad = int(tokens.max()) if int(tokens.max()) >= 65536 else int(tokens.min())
+        raise EvalkitError(
+            f"{path}: token id {bad} does not fit uint16 (0..65535); "
+            "shards cannot hold vocabularies larger than 65536"
+        )
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2", copy=False).tobytes())
+
+
+def write_shards(out_dir: Path, prefix: str, tokens: np.ndarray) -> list[Path]:
+    """Split a stream into PREFIX_000000.bin, ... of at most MAX_SHARD_TOKENS each."""
+    paths = []
+    for i, start in enumerate(range(0, max(tokens.size, 1), MAX_SHARD_TOKENS)):
+        path = out_dir / f"{prefix}_{i:06d}.bin"
+        write_shard(path, tokens[start : start + MAX_SHARD_TOKENS])
+        paths.append(path)
+    return paths
+
+
+def resolve_glob(pattern: str, flag: str = "--val") -> list[Path]:
+    """Files matching `pattern`, sorted (shard order is the stream order)."""
+    paths = sorted(Path(p) for p in glob.glob(pattern))
+    if not paths:
+        raise EvalkitError(f"{flag} {pattern!r} matches no file; check the path (quote globs)")
+    for p in paths:
+        if p.is_file() and p.stat().st_size == 0:
+            raise EvalkitError(f"{flag}: {p} is empty; remove it or regenerate the shards")
+    return paths
+
+
+def load_stream(pattern: str, limit_docs: int | None = None, flag: str = "--val") -> np.ndarray:
+    """All shards matching `pattern` concatenated; `limit_docs` keeps the first N documents."""
+    parts = [read_shard(p) for p in resolve_glob(pattern, flag)]
+    tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if tokens.size == 0:
+        raise EvalkitError(f"{flag} {pattern!r}: the shards hold no tokens; regenerate them")
+    if limit_docs is not None:
+        if limit_docs < 1:
+            raise EvalkitError(f"--limit-docs must be >= 1, got {limit_docs}")
+        starts = doc_starts(tokens)
+        if limit_docs < starts.size:
+            tokens = tokens[: starts[limit_docs]]
+        elif limit_docs > starts.size:
+            log.warning("%s has only %d documents; using all of them", pattern, starts.size)
+    return tokens
+
+
+def doc_starts(tokens: np.ndarray, bos_id: int = BOS_ID) -> np.ndarray:
+    """Start of every document: BOS positions, plus 0 when the stream does not open with BOS."""
+    starts = np.flatnonzero(np.asarray(tokens) == bos_id).astype(np.int64)
+    if len(tokens) and (starts.size == 0 or starts[0] != 0):
+        starts = np.concatenate([np.zeros(1, np.int64), starts])
+    return starts
+
+
+def check_token_range(tokens: np.ndarray, vocab_size: int, source: str) -> None:
+    """Refuse ids the model cannot embed; a mismatch means shards and tokenizer disagree."""
+    if tokens.size == 0 or int(tokens.max()) < vocab_size:
+        return
+    pos = int(np.argmax(tokens >= vocab_size))
+    raise EvalkitError(
+        f"token id {int(tokens[pos])} at position {pos} in {source} is >= vocab size "
+        f"{vocab_size}; the shards were made with another tokenizer — pass the matching one"
+    )
+
+
+# ---------------------------------------------------------------- byte accounting
+
+
+def _load_sp(model_path: str | Path):
+    import sentencepiece as spm
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise EvalkitError(f"tokenizer {path}: no such file; pass a sentencepiece .model")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EvalkitError(f"tokenizer {path}: not a sentencepiece model ({first})") from None
+
+
+@dataclass(frozen=True)
+class ByteTable:
+    """The challenge's byte rule: a target y after token x is charged
+    base_bytes[y] + (leading_space[y] and not is_boundary[x]). A leading '▁' after a
+    boundary (BOS, <unk>) is not charged because decoding drops it there too."""
+
+    base_bytes: np.ndarray  # int16 (V,): UTF-8 bytes without the leading '▁'; byte pieces 1
+    leading_space: np.ndarray  # bool (V,): piece starts with '▁'
+    is_boundary: np.ndarray  # bool (V,): control / unknown / unused, charged 0 bytes
+
+    @classmethod
+    def from_sentencepiece(cls, model_path: str | Path, allow_split_space: bool = False) -> ByteTable:
+        sp = _load_sp(model_path)
+        if sp.piece_to_id(SPACE_PIECE) == sp.unk_id() and not allow_split_space:
+            # Without a '▁' piece a bare space is byte-fallback tokens and the table
+            # under-counts the text (legality rule C9, parameter-golf issue #897).
+            raise EvalkitError(
+                f"tokenizer {model_path}: '▁' is not a single piece, so bytes would be "
+                "mis-counted (legality C9); retrain it with '▁' in the vocabulary or "
+                "pass a per-token byte sidecar (--byte-sidecar)"
+            )
+        v = sp.vocab_size()
+        base = np.zeros(v, np.int16)
+        lead = np.zeros(v, bool)
+        boundary = np.zeros(v, bool)
+        for i in range(v):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                boundary[i] = True
+            elif sp.is_byte(i):
+                base[i] = 1  # one raw byte of a character outside the vocabulary
+            else:
+                piece = sp.id_to_piece(i)
+                lead[i] = piece.startswith(SPACE_PIECE)
+                base[i] = len(piece[1:].encode() if lead[i] else piece.encode())
+        return cls(base, lead, boundary)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.base_bytes.shape[0])
+
+    def target_bytes(self, tokens: np.ndarray) -> np.ndarray:
+        """int64 bytes charged at each position; position 0 is never a target, so 0."""
+        check_token_range(tokens, self.vocab_size, "the token stream")
+        out = np.zeros(len(tokens), np.int64)
+        if len(tokens) > 1:
+            y = tokens[1:].astype(np.int64)
+            x = tokens[:-1].astype(np.int64)
+            out[1:] = self.base_bytes[y] + (self.leading_space[y] & ~self.is_boundary[x])
+        return out
+
+
+def read_byte_sidecar(pattern: str, n_tokens: int, flag: str = "--byte-sidecar") -> np.ndarray:
+    """Per-token bytes from shard-format files (for case-transform tokenizers whose
+    pieces do not spell the original text); int64 (n_tokens,), replaces the table."""
+    parts = [read_shard(p) for p in resolve_glob(pattern, flag)]
+    out = np.concatenate(parts).astype(np.int64)
+    if out.size != n_tokens:
+        raise EvalkitError(
+            f"{flag} {pattern!r}: byte sidecar has {out.size} values but the token stream "
+            f"has {n_tokens}; regenerate the sidecar with the same shards"
+        )
+    return out
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def tokenize_documents(docs: Iterable[str], model_path: str | Path, bos_id: int = BOS_ID) -> np.ndarray:
+    """BOS before each document, then its sentencepiece ids; one uint16 stream."""
+    sp = _load_sp(model_path)
+    if sp.vocab_size() > 65536:
+        raise EvalkitError(f"tokenizer {model_path}: vocab {sp.vocab_size()} does not fit uint16 shards")
+    parts = [np.array([bos_id] + ids, np.uint16) for ids in sp.encode(list(docs), out_type=int)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+
+
+def train_tokenizer(docs: list[str], vocab_size: int, out_prefix: Path) -> Path:
+    """Train a BPE tokenizer with the challenge's settings; returns OUT_PREFIX.model.
+
+    Settings mirror fineweb_1024_bpe.model's trainer/normalizer spec: BPE, nmt_nfkc, no
+    dummy prefix, split digits, byte fallback, character coverage 0.999, ids pad 0,
+    BOS 1, EOS 2, UNK 3. Documents are fed line by line because sentencepiece silently
+    skips "sentences" longer than max_sentence_length.
+    """
+    import sentencepiece as spm
+
+    if vocab_size < 260 + 8:
+        raise EvalkitError(f"--train-tokenizer {vocab_size}: too small; byte fallback alone needs 260 ids")
+    lines = [ln for doc in docs for ln in doc.split("\n") if ln.strip()]
+    if not lines:
+        raise EvalkitError("--train-tokenizer: the training documents hold no text")
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    spm.set_random_generator_seed(1234)  # makes the input_sentence_size sample repeatable
+    # model_writer instead of model_prefix: the prefix path would be stored in the model,
+    # and the same documents must give a byte-identical file wherever it is written.
+    buf = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=buf,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            character_coverage=0.999,
+            byte_fallback=True,
+            split_digits=True,
+            add_dummy_prefix=False,
+            normalization_rule_name="nmt_nfkc",
+            pad_id=0,
+            bos_id=1,
+            eos_id=2,
+            unk_id=3,
+            hard_vocab_limit=False,
+            num_threads=1,  # one core, and thread scheduling must not change the merges
+            input_sentence_size=200_000,
+            shuffle_input_sentence=True,
+            max_sentence_length=16384,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise EvalkitError(f"--train-tokenizer {vocab_size}: sentencepiece failed: {e}") from None
+    model = out_prefix.with_name(out_prefix.name + ".model")
+    model.write_bytes(buf.getvalue())
+    sp = _load_sp(model)
+    if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
+        raise EvalkitError(f"--train-tokenizer: trained {model} lacks '▁' as a piece; give more text")
+    return model
+
+
+# ---------------------------------------------------------------- documents
+
+
+_TXT_DOC_SEP = re.compile(r"\f|\n[ \t]*\n(?:[ \t]*\n)+")
+
+
+def read_documents(path: str | Path) -> list[str]:
+    """Documents of a .jsonl ({"text": ...} per line) or plain-text file (see module doc)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalkitError(f"--input {path}: no such file")
+    text = path.read_text(encoding="utf-8", errors="strict")
+    if path.suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise EvalkitError(f"--input {path}:{n}: expected a JSON object with a \"text\" string") from None
+            if not isinstance(doc, str):
+                raise EvalkitError(f"--input {path}:{n}: \"text\" must be a string")
+            docs.append(doc)
+    else:
+        docs = [d.strip("\n") for d in _TXT_DOC_SEP.split(text)]
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise EvalkitError(f"--input {path}: no documents found")
+    return docs
+
+
+def prepare(
+    input_path: str | Path,
+    out_dir: str | Path,
+    tokenizer: str | Path | None = None,
+    train_vocab: int | None = None,
+    val_docs: int | None = None,
+    name: str = "data",
+) -> dict:
+    """Documents -> DIR/tokenizer.model + NAME_{train,val}_NNNNNN.bin; returns paths and counts."""
+    if (tokenizer is None) == (train_vocab is None):
+        raise EvalkitError("prepare: give exactly one of --tokenizer and --train-tokenizer")
+    docs = read_documents(input_path)
+    n_val = max(1, len(docs) // 10) if val_docs is None else val_docs
+    if not 1 <= n_val < len(docs):
+        raise EvalkitError(f"--val-docs {n_val}: need 1 <= N < {len(docs)} (the number of documents)")
+    train, val = docs[:-n_val], docs[-n_val:]
+    out = make_dir(out_dir, "--out")
+    model = out / "tokenizer.model"
+    if tokenizer is not None:
+        _load_sp(tokenizer)  # fail on a bad model before writing anything
+        if not model.exists() or not model.samefile(tokenizer):
+            shutil.copyfile(tokenizer, model)
+    else:
+        model = train_tokenizer(train, int(train_vocab), out / "tokenizer")  # train docs only (C6)
+    if _load_sp(model).bos_id() != BOS_ID:
+        raise EvalkitError(f"tokenizer {tokenizer}: BOS id must be {BOS_ID} like the challenge's")
+    table = ByteTable.from_sentencepiece(model)
+    result: dict = {"tokenizer": model, "vocab_size": table.vocab_size}
+    for split, split_docs in (("train", train), ("val", val)):
+        tokens = tokenize_documents(split_docs, model)
+        write_shards(out, f"{name}_{split}", tokens)
+        result[split] = {
+            "glob": str(out / f"{name}_{split}_*.bin"),
+            "docs": len(split_docs),
+            "tokens": int(tokens.size),
+            "bytes": int(table.target_bytes(tokens).sum()),
+            "text_bytes": sum(len(d.encode()) for d in split_docs),
+        }
+    return result
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose usage errors become EvalkitError: one line on stderr, exit 2."""
+
+    def error(self, message: str):
+        raise EvalkitError(f"{self.prog}: {message}")
+
+
+def make_dir(path: str | Path, flag: str) -> Path:
+    """mkdir -p that reports an unusable path as bad input rather than a traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EvalkitError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
+    return path
+
+
+def _print_counts(label: str, docs: int, tokens: int, nbytes: int | None, text_bytes: int | None = None) -> None:
+    line = f"{label:<6} docs {docs:>9,}  tokens {tokens:>13,}"
+    if nbytes is not None:
+        line += f"  bytes {nbytes:>14,}"
+    if text_bytes is not None:
+        line += f"  (raw text {text_bytes:,} bytes)"
+    print(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = CliParser(prog="python -m evalkit.data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=CliParser)
+    p = sub.add_parser("prepare", help="documents -> tokenizer + challenge-format shards")
+    p.add_argument("--input", required=True, help=".jsonl ({'text':...} per line) or .txt")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokenizer", help="existing sentencepiece .model to copy and use")
+    tok.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="train a BPE of this size on train docs")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--val-docs", type=int, help="last N documents become validation (default 10%%, >= 1)")
+    p.add_argument("--name", default="data", help="shard name prefix (default: data)")
+    i = sub.add_parser("info", help="tokens, documents and bytes of shards")
+    i.add_argument("glob", help="shard glob, e.g. 'DIR/data_val_*.bin'")
+    i.add_argument("--tokenizer", help="sentencepiece .model, to count bytes")
+    try:
+        args = parser.parse_args(argv)
+        if args.cmd == "prepare":
+            r = prepare(args.input, args.out, args.tokenizer, args.train_tokenizer, args.val_docs, args.name)
+            print(f"tokenizer {r['tokenizer']} (vocab {r['vocab_size']})")
+            for split in ("train", "val"):
+                s = r[split]
+                _print_counts(split, s["docs"], s["tokens"], s["bytes"], s["text_bytes"])
+                print(f"       {s['glob']}")
+        else:
+            tokens = load_stream(args.glob, flag="glob")
+            nbytes = None
+            if args.tokenizer:
+                nbytes = int(ByteTable.from_sentencepiece(args.tokenizer, True).target_bytes(tokens).sum())
+            _print_counts("shards", int(doc_starts(tokens).size), int(tokens.size), nbytes)
+    except EvalkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
