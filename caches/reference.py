@@ -1,0 +1,91 @@
+"""Pure-Python reference of the store and both predictors (dicts of tuples, obvious loops).
+
+Same estimator as the Numba kernels, written independently of the hashing: the tests demand
+equality to 1e-12. Slow (use on streams of a few thousand tokens).
+"""
+from __future__ import annotations
+
+import math
+
+
+class RefNgram:
+    def __init__(self, vocab_size: int, lo: int = 2, hi: int = 11) -> None:
+        self.V, self.lo, self.hi = vocab_size, lo, hi
+        self.pair: dict[tuple, int] = {}       # (ctx..., next) -> count
+        self.ctx: dict[tuple, list] = {}       # ctx -> [count, distinct, best_tok, best_cnt]
+        self.uni = [0] * vocab_size
+        self.total = 0
+        self.tokens: list[int] = []
+
+    def bind(self, tokens) -> None:
+        self.tokens = [int(x) for x in tokens]
+
+    def update(self, positions) -> None:
+        tk = self.tokens
+        for t in positions:
+            t = int(t)
+            x = tk[t]
+            self.uni[x] += 1
+            self.total += 1
+            for n in range(self.lo, self.hi + 1):
+                k = n - 1
+                if k > t:
+                    break
+                h = tuple(tk[t - k:t])
+                c = self.pair.get(h + (x,), 0) + 1
+                self.pair[h + (x,)] = c
+                st = self.ctx.setdefault(h, [0, 0, 0, 0])
+                st[0] += 1
+                if c == 1:
+                    st[1] += 1
+                if c > st[3]:
+                    st[2], st[3] = x, c
+
+    def _contexts(self, t: int):
+        """[(ctx tuple, stats)] for orders lo..hi with a seen context, shortest first."""
+        out = []
+        for n in range(self.lo, self.hi + 1):
+            k = n - 1
+            if k > t:
+                break
+            h = tuple(self.tokens[t - k:t])
+            st = self.ctx.get(h)
+            if st is not None and st[0] > 0:
+                out.append((h, st))
+        return out
+
+    def wb_prob(self, t: int, a: int) -> float:
+        p = (self.uni[a] + 1.0) / (self.total + self.V)
+        for h, (C, T, _, _) in self._contexts(t):
+            p = (self.pair.get(h + (a,), 0) + T * p) / (C + T)
+        return p
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def entropy(row) -> float:
+    return -sum(math.exp(v) * v for v in row if v > -math.inf)
+
+
+def mix_logp(ref: RefNgram, t: int, a: int, row, wmax=0.3, h0=2.0, slope=2.0, c0=2.0) -> float:
+    ctxs = ref._contexts(t)
+    lp = float(row[a])
+    if not ctxs:
+        return lp
+    C = ctxs[-1][1][0]
+    w = wmax * sigmoid(slope * (entropy(row) - h0)) * (C / (C + c0))
+    if w == 0.0:
+        return lp
+    return math.log((1.0 - w) * math.exp(lp) + w * ref.wb_prob(t, a))
+
+
+def tilt_logp(ref: RefNgram, t: int, a: int, row, beta=1.5, h0=2.0, slope=2.0) -> float:
+    ctxs = ref._contexts(t)
+    lp = float(row[a])
+    if not ctxs:
+        return lp
+    C, _, hint, bc = ctxs[-1][1]
+    b = beta * sigmoid(slope * (entropy(row) - h0)) * (bc / (C + 1.0))
+    return lp + (b if a == hint else 0.0) - math.log1p(math.exp(float(row[hint])) * math.expm1(b))

@@ -1,0 +1,114 @@
+"""Exact multi-order n-gram count store (score-first: it learns only through ``update``).
+
+Orders lo..hi (order n = n-1 context tokens + the next token). For every stored sequence the
+table keeps its count as an n-gram, its count as a context, the number of distinct
+continuations (Witten-Bell's T(h), +1 when a (ctx, next) count goes 0 -> 1) and the argmax
+continuation with its count (the tilt's hint, O(1)). See ``kernels`` for the slot layout.
+Tables grow (rehash at ``max_load``) and never drop an entry, so every count is exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels as K
+from .errors import CacheInputError
+
+MAX_VOCAB = 65535  # tokens and distinct-continuation counts are stored in 16 bits
+
+
+class NgramStore:
+    """Exact counts of orders lo..hi over a bound token stream."""
+
+    def __init__(self, vocab_size: int, lo: int = 2, hi: int = 11, capacity: int = 1 << 16,
+                 max_load: float = 0.8, growth: float = 1.5) -> None:
+        if not 2 <= vocab_size <= MAX_VOCAB:
+            raise CacheInputError(f"vocab_size {vocab_size}: the n-gram store supports 2..{MAX_VOCAB}")
+        self.vocab_size = int(vocab_size)
+        self.lo, self.hi = int(lo), int(hi)
+        self.max_load, self.growth = float(max_load), float(growth)
+        self.initial_capacity = max(int(capacity), 16)
+        self.tokens = np.zeros(0, np.uint16)
+        self.reset()
+
+    def reset(self) -> None:
+        self.tab = np.zeros((self.initial_capacity, 2), np.uint64)
+        self.side = np.zeros((1024, 3), np.uint64)
+        self.n_main = 0
+        self.n_side = 0
+        self.unigram = np.zeros(self.vocab_size, np.int64)
+        self.total = 0
+        self.learned = np.zeros(self.tokens.shape[0], np.uint8)
+        self._slots = np.zeros((2, self.hi + 1), np.int64)
+
+    def bind(self, tokens: np.ndarray) -> None:
+        """Bind the evaluation stream and start from an empty store."""
+        arr = np.asarray(tokens)
+        if arr.ndim != 1:
+            raise CacheInputError(f"tokens must be 1-D, got shape {arr.shape}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size):
+            raise CacheInputError(f"token ids must lie in [0, {self.vocab_size})")
+        if arr.size >= 1 << 32:
+            raise CacheInputError("streams of 2^32 tokens or more overflow the 32-bit counts")
+        self.tokens = np.ascontiguousarray(arr, dtype=np.uint16)  # no copy if already uint16
+        self.reset()
+
+    # -- growth ---------------------------------------------------------------------------
+    def _ensure(self, n_positions: int) -> None:
+        worst = 2 * (self.hi - self.lo + 1) * n_positions
+        cap = self.tab.shape[0]
+        if self.n_main + worst > self.max_load * cap:
+            new_cap = cap
+            while self.n_main + worst > self.max_load * new_cap:
+                new_cap = int(new_cap * self.growth) + 1
+            new = np.zeros((new_cap, 2), np.uint64)
+            K.rehash_kernel(self.tab, new)
+            self.tab = new
+        scap = self.side.shape[0]
+        if self.n_side + worst > self.max_load * scap:
+            new_cap = scap
+            while self.n_side + worst > self.max_load * new_cap:
+                new_cap = new_cap * 2
+            new = np.zeros((new_cap, 3), np.uint64)
+            K.rehash_kernel(self.side, new)
+            self.side = new
+
+    def update(self, positions: np.ndarray, chunk: int = 8192) -> None:
+        """Learn the n-grams ending at ``positions`` (any order, each position at most once)."""
+        pos = np.ascontiguousarray(positions, dtype=np.int64)
+        for a in range(0, pos.shape[0], chunk):
+            part = pos[a:a + chunk]
+            self._ensure(part.shape[0])
+            m, s = K.update_kernel(self.tab, self.side, self.unigram, self.learned, self.tokens,
+                                   part, self.lo, self.hi, self._slots)
+            if m < 0:
+                raise CacheInputError(
+                    f"update: position {s} is outside [0, {self.tokens.shape[0]}) or was already learned")
+            self.n_main += m
+            self.n_side += s
+            self.total += part.shape[0]
+
+    # -- inspection (tests, reports) --------------------------------------------------------
+    def lookup(self, seq) -> tuple[int, int, int, int, int]:
+        """(pair count, ctx count, distinct continuations, best token, best count) of a sequence."""
+        arr = np.asarray(seq, dtype=np.uint16)
+        key = K.seq_key(arr, arr.shape[0] - 1, arr.shape[0])
+        s = K.find(self.tab, np.uint64(key))
+        if s < 0:
+            return 0, 0, 0, 0, 0
+        p, c, b = K.get_counts(self.tab, self.side, s)
+        d, tk = K.get_low(self.tab, s)
+        return int(p), int(c), int(d), int(tk), int(b)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the store (tables, unigram, learned-position map); not the tokens."""
+        return int(self.tab.nbytes + self.side.nbytes + self.unigram.nbytes + self.learned.nbytes)
+
+    def stats(self) -> dict:
+        mem = self.memory_bytes()
+        return {
+            "entries": self.n_main, "side_entries": self.n_side,
+            "capacity": int(self.tab.shape[0]), "load": self.n_main / self.tab.shape[0],
+            "memory_bytes": mem,
+            "bytes_per_ngram": mem / max(self.n_main, 1),
+            "bytes_per_token": mem / max(self.total, 1),
+        }

@@ -1,0 +1,96 @@
+"""Numba kernels vs the pure-Python reference (caches/reference.py): counts and log-probs."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caches import parse_ngram_spec
+from caches.reference import RefNgram, mix_logp, tilt_logp
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shard_tokens(name: str = "fineweb_verify200_sp1024_val_000000.bin", n: int = 4000) -> np.ndarray:
+    path = SHARED / "corpus" / "shards" / name
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[0] == 20240520
+    return np.fromfile(path, dtype="<u2", offset=1024, count=min(n, int(header[2])))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def run_both(kind: str, toks: np.ndarray, V: int, lo: int, hi: int, n_score: int, seed: int = 0):
+    """Learn the stream in 64-token segments, score-then-update the last n_score positions."""
+    rng = np.random.default_rng(seed)
+    m = parse_ngram_spec(V, f"{kind}:orders={lo}-{hi},cap=64")
+    ref = RefNgram(V, lo, hi)
+    m.bind(toks)
+    ref.bind(toks)
+    N = toks.shape[0]
+    start = N - n_score
+    for a in range(0, start, 64):
+        pos = np.arange(a, min(a + 64, start))
+        m.update(pos)
+        ref.update(pos)
+    fast, slow = [], []
+    fn = mix_logp if kind == "mix" else tilt_logp
+    for a in range(start, N, 16):
+        pos = np.arange(a, min(a + 16, N))
+        # a peaked model row on some positions so both branches of the sigmoid are used
+        lp = log_softmax(rng.normal(size=(pos.shape[0], V)) * rng.choice([0.5, 4.0]))
+        fast.append(m.score(pos, lp))
+        slow.append([fn(ref, int(t), int(toks[t]), lp[i]) for i, t in enumerate(pos)])
+        m.update(pos)
+        ref.update(pos)
+    return np.concatenate(fast), np.array(np.concatenate(slow))
+
+
+@pytest.mark.parametrize("kind", ["mix", "tilt"])
+def test_every_order_random_stream(kind):
+    rng = np.random.default_rng(1)
+    V = 6  # a small alphabet so every order has repeated contexts
+    toks = rng.integers(0, V, 1500).astype(np.uint16)
+    worst = 0.0
+    for n in range(2, 12):
+        fast, slow = run_both(kind, toks, V, n, n, 120, seed=n)
+        worst = max(worst, float(np.abs(fast - slow).max()))
+    fast, slow = run_both(kind, toks, V, 2, 11, 200)
+    worst = max(worst, float(np.abs(fast - slow).max()))
+    print(f"OK, maxdiff = {worst:.3e}  ({kind}, random stream, orders 2..11 each and 2-11)")
+    assert worst <= 1e-12
+
+
+@pytest.mark.parametrize("kind", ["mix", "tilt"])
+def test_every_order_real_stream(kind):
+    toks = shard_tokens(n=3000)
+    worst = 0.0
+    for lo, hi in [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (9, 9), (10, 10), (11, 11), (2, 11)]:
+        fast, slow = run_both(kind, toks, 1024, lo, hi, 48 if lo == hi else 128)
+        worst = max(worst, float(np.abs(fast - slow).max()))
+    print(f"OK, maxdiff = {worst:.3e}  ({kind}, FineWeb sp1024, every order)")
+    assert worst <= 1e-12
+
+
+def test_counts_match_reference_noncontiguous_updates():
+    """Positions learned out of order (as from other processes) give the reference's counts."""
+    rng = np.random.default_rng(2)
+    toks = rng.integers(0, 5, 3000).astype(np.uint16)
+    m = parse_ngram_spec(5, "mix:orders=2-7,cap=16")
+    ref = RefNgram(5, 2, 7)
+    m.bind(toks)
+    ref.bind(toks)
+    order = rng.permutation(3000)
+    for a in range(0, 3000, 100):
+        m.update(order[a:a + 100])
+        ref.update(order[a:a + 100])
+    st = m.store
+    for seq, c in ref.pair.items():
+        assert st.lookup(seq)[0] == c, seq
+    for h, (c, d, tk, b) in ref.ctx.items():
+        assert st.lookup(h)[1:] == (c, d, tk, b), h
+    assert st.unigram.tolist() == ref.uni
