@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from evalkit.dist import DistInfo, all_gather_arrays, all_reduce_sum
+from evalkit.errors import EvalkitError
 from evalkit.ledger import Ledger, LedgerViolation
 from evalkit.model import GPT
 
@@ -115,8 +116,9 @@ class EvalContext:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
             rows = None
         else:
-            rows = logp.detach().float().cpu().numpy()
-            target_logp = self.mixer.score(positions, rows)
+            rows = logp.detach().float()
+            entropy = -(rows.exp() * rows).sum(-1)  # (n,) the model's entropy, computed once here
+            target_logp = self.mixer.score(positions, rows.cpu().numpy(), entropy.double().cpu().numpy())
         probe = self.ledger.wants_probe(positions)
         for i in np.flatnonzero(probe):
             self.ledger.record_probe(positions[i], self.full_distribution(positions[i:i + 1], logp[i:i + 1])[0],
@@ -197,7 +199,10 @@ def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: s
     if mixer_spec:
         from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
 
-        mixer = parse_ngram_spec(model.cfg.vocab_size, mixer_spec)
+        try:
+            mixer = parse_ngram_spec(model.cfg.vocab_size, mixer_spec)
+        except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
+            raise EvalkitError(f"--ngram {mixer_spec}: {e}") from e
         mixer.bind(data.tokens)
     label = strategy.label + (f"+{mixer.name}" if mixer is not None else "")
     ledger = Ledger(data.n_tokens, probe_positions=probe_positions)

@@ -27,6 +27,7 @@ class QuantSpec:
     default_bits: int = 8  # int8 per row, the baseline's export
     rules: list[tuple[str, int]] = field(default_factory=list)  # e.g. [("blocks.*.mlp.*", 5)]
     clip_percentile: float = 100.0  # per-row clip; the baseline used 99.99984
+    keep_float_numel: int = SMALL_TENSOR_NUMEL  # tensors this small stay fp16 (not worth quantizing)
 
     def bits_for(self, name: str) -> int:
         for pattern, bits in self.rules:
@@ -36,12 +37,12 @@ class QuantSpec:
 
     def to_dict(self) -> dict:
         return {"default_bits": self.default_bits, "rules": [list(r) for r in self.rules],
-                "clip_percentile": self.clip_percentile}
+                "clip_percentile": self.clip_percentile, "keep_float_numel": self.keep_float_numel}
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantSpec":
         return cls(int(d["default_bits"]), [(str(p), int(b)) for p, b in d.get("rules", [])],
-                   float(d.get("clip_percentile", 100.0)))
+                   float(d.get("clip_percentile", 100.0)), int(d.get("keep_float_numel", SMALL_TENSOR_NUMEL)))
 
 
 def quantize_rows(w: Tensor, bits: int, clip_percentile: float = 100.0) -> tuple[Tensor, Tensor]:
@@ -66,8 +67,8 @@ def dequantize_rows(q: Tensor, scale: Tensor) -> Tensor:
     return q.float() * scale.float().view(shape)
 
 
-def keep_float(name: str, t: Tensor) -> bool:
-    return t.ndim < 2 or t.numel() <= SMALL_TENSOR_NUMEL or any(p in name for p in CONTROL_PATTERNS)
+def keep_float(name: str, t: Tensor, max_numel: int = SMALL_TENSOR_NUMEL) -> bool:
+    return t.ndim < 2 or t.numel() <= max_numel or any(p in name for p in CONTROL_PATTERNS)
 
 
 def quantize_state_dict(state: dict[str, Tensor], spec: QuantSpec) -> dict[str, dict]:
@@ -78,7 +79,7 @@ def quantize_state_dict(state: dict[str, Tensor], spec: QuantSpec) -> dict[str, 
     out: dict[str, dict] = {}
     for name, t in state.items():
         t = t.detach().cpu()
-        if keep_float(name, t):
+        if keep_float(name, t, spec.keep_float_numel):
             control = any(p in name for p in CONTROL_PATTERNS)
             kind = "f32" if control or not t.is_floating_point() else "f16"
             out[name] = {"kind": kind, "data": t.float() if kind == "f32" else t.half()}

@@ -45,3 +45,7 @@ def tiny_artifact(tmp_path) -> Path:
     path = tmp_path / "tiny.ptz"
     save_artifact(path, cfg, quantize_state_dict(model.state_dict(), QuantSpec(8)))
     return path
+
+
+# Tests run many tiny models; one thread avoids oversubscription on CI's 2 cores.
+torch.set_num_threads(1)

@@ -1,0 +1,45 @@
+"""The ledger raises at once on the two score-first violations and counts coverage."""
+import numpy as np
+import pytest
+
+from evalkit.ledger import Ledger, LedgerViolation
+
+
+def test_records_scores_in_order_and_coverage():
+    led = Ledger(6)
+    led.record_scores(np.array([1, 2]), np.array([0.5, 1.0]), "s")
+    led.record_scores(np.array([4, 3]), np.array([0.1, 0.2]), "s")
+    assert led.score_event[1:5].tolist() == [0, 1, 3, 2]
+    cov = led.coverage()
+    assert cov == {"targets": 5, "scored_once": 4, "unscored": 1, "rescored": 0, "first_unscored": 5}
+
+
+def test_rescoring_raises_with_position_and_strategy():
+    led = Ledger(6)
+    led.record_scores(np.array([1, 2]), np.zeros(2), "twopass")
+    with pytest.raises(LedgerViolation, match="C4.*twopass.*position 2"):
+        led.record_scores(np.array([2, 3]), np.zeros(2), "twopass")
+
+
+def test_duplicate_within_one_call_raises():
+    with pytest.raises(LedgerViolation, match="position 3"):
+        Ledger(6).record_scores(np.array([3, 3]), np.zeros(2), "dup")
+
+
+def test_position_zero_is_not_a_target():
+    with pytest.raises(LedgerViolation, match="position 0"):
+        Ledger(6).record_scores(np.array([0]), np.zeros(1), "s")
+
+
+def test_learning_before_scoring_raises():
+    led = Ledger(10)
+    led.record_scores(np.arange(1, 5), np.zeros(4), "ttt")
+    led.check_learn(np.arange(1, 5), "ttt")
+    with pytest.raises(LedgerViolation, match="C3.*ttt read position 5"):
+        led.check_learn(np.arange(3, 7), "ttt")
+    assert led.learn_count[1:5].tolist() == [1, 1, 1, 1]
+
+
+def test_probes_only_where_asked():
+    led = Ledger(10, probe_positions=frozenset({3, 7}))
+    assert led.wants_probe(np.array([1, 3, 5, 7])).tolist() == [False, True, False, True]
