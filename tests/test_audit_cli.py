@@ -1,0 +1,51 @@
+"""`python -m evalkit.audit`: exit codes 0 / 1 / 2 and one-line errors for bad plugins."""
+from __future__ import annotations
+
+import pytest
+
+from evalkit.audit import main
+from tests.conftest import SP1024, VAL1024, require_shared
+
+SMALL = ["--limit-docs", "3", "--doc-tokens", "160", "--positions", "24", "--perturb", "2", "--seq-len", "64",
+         "--stride", "32", "--threads", "1", "--no-progress"]
+
+
+def _args(art, *extra: str) -> list[str]:
+    return [str(art), "--val", str(VAL1024), "--tokenizer", str(SP1024), *SMALL, *extra]
+
+
+def test_cli_passes_sliding_and_writes_json(tiny_artifact, tmp_path, capsys) -> None:
+    require_shared()
+    out = tmp_path / "a.json"
+    assert main(_args(tiny_artifact, "--strategy", "sliding", "--doc-isolated", "--json", str(out))) == 0
+    text = capsys.readouterr().out
+    assert text.count("| PASS |") == 6 and "= decoded UTF-8" in text
+    assert '"status": "PASS"' in out.read_text()
+
+
+def test_cli_plugin_fails_with_exit_1(tiny_artifact, capsys) -> None:
+    require_shared()
+    assert main(_args(tiny_artifact, "--plugin", "evalkit/gallery/hashed_ratio.py:HashedRatio")) == 1
+    assert "| normalization | C2 | FAIL |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--plugin", "nope.py:X"], "--plugin nope.py:X: nope.py is not a Python file"),
+    (["--plugin", "evalkit/gallery/hashed_ratio.py"], "expected FILE.py:NAME"),
+    (["--plugin", "evalkit/gallery/hashed_ratio.py:Nope"], "defines no 'Nope'; strategies there: HashedRatio"),
+    (["--ngram", "mix:orders=2-3", "--ngram", "tilt:orders=2-3"], "audit one combination at a time"),
+    (["--strategy", "nope"], "--strategy nope: unknown"),
+])
+def test_cli_bad_input_exit_2(tiny_artifact, capsys, extra, needle) -> None:
+    require_shared()
+    assert main(_args(tiny_artifact, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err
+
+
+def test_plugin_import_error_is_one_line(tmp_path, tiny_artifact, capsys) -> None:
+    require_shared()
+    bad = tmp_path / "bad.py"
+    bad.write_text("import not_a_module_anywhere\n")
+    assert main(_args(tiny_artifact, "--plugin", f"{bad}:S")) == 2
+    assert "ModuleNotFoundError" in capsys.readouterr().err
