@@ -87,3 +87,4 @@ def check_window_opts(opts: argparse.Namespace) -> None:
 
 # Built-ins register themselves on import.
 from evalkit.strategies import windows  # noqa: E402,F401
+from evalkit.strategies import ttt  # noqa: E402,F401
