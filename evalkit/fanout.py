@@ -1,0 +1,120 @@
+"""One model pass feeding several mixers: `evaluate_many`.
+
+A window strategy's control flow does not depend on what it scores: the windows, the
+batches and the model calls are fixed by the plan. So one run of the strategy can hand
+the same (n, V) log-probs of every batch to several children, each an ordinary
+`EvalContext` with its own mixer and its own `Ledger`, and each child's Result is the
+one a separate `evaluate` would give, number for number (tests/test_ablate_fanout.py).
+
+Strategies that learn (TTT) change the model between batches; whether they may share a
+pass depends on them, so they get exactly one child here. `evaluate` is left untouched.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evalkit.dist import DistInfo
+from evalkit.engine import EvalContext, EvalData, Result, reduce_result
+from evalkit.errors import EvalkitError
+from evalkit.ledger import Ledger
+from evalkit.model import GPT
+from evalkit.strategies.windows import WindowStrategy
+
+
+@dataclass
+class FanoutRun:
+    result: Result
+    ledger: Ledger
+    mixer_seconds: float  # wall time inside this child's mixer (score + update)
+
+
+class FanoutContext(EvalContext):
+    """The context the strategy sees: model calls once, scores and updates in every child."""
+
+    def __init__(self, children: list[EvalContext], progress: bool):
+        first = children[0]
+        super().__init__(first.model, first.data, first.ledger, first.strategy_name, first.info,
+                         None, first.share_mixer, progress)
+        self.children = children
+        self.own_seconds = [0.0] * len(children)
+
+    def _each(self, method: str, *args) -> list:
+        """Call `method` on every child, timing each; the first child's answer is the
+        strategy's (children differ only in their mixers, which no window plan reads)."""
+        out = []
+        for i, child in enumerate(self.children):
+            t0 = time.perf_counter()
+            out.append(getattr(child, method)(*args))
+            self.own_seconds[i] += time.perf_counter() - t0
+        return out
+
+    def score(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
+        return self._each("score", positions, logp)[0]
+
+    def after_scoring(self, positions: np.ndarray) -> None:
+        self._each("after_scoring", positions)
+
+    def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
+        for child in self.children:
+            child.ledger.check_learn(np.asarray(positions, dtype=np.int64), child.strategy_name)
+        return self.data.tokens[np.asarray(positions, dtype=np.int64)]
+
+    def warmup_tokens(self, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+        ids = super().warmup_tokens(shape, seed)  # recorded in the first child's ledger
+        for child in self.children[1:]:
+            child.ledger.record_warmup(child.strategy_name, "random", ids.numel())
+        return ids
+
+    def full_distribution(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
+        return self.children[0].full_distribution(positions, logp)
+
+
+def _make_mixer(model: GPT, data: EvalData, spec: str | None):
+    if not spec:
+        return None
+    from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
+
+    try:
+        mixer = parse_ngram_spec(model.cfg.vocab_size, spec)
+    except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
+        raise EvalkitError(f"--ngram {spec}: {e}") from e
+    mixer.bind(data.tokens)
+    return mixer
+
+
+def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_specs: list[str | None],
+                  share_mixer: bool = False, progress: bool = True) -> list[FanoutRun]:
+    """Run `strategy` once, scoring through one child per entry of `mixer_specs` (None = the
+    model alone). Each child's `seconds` is the shared model time plus its own scoring time,
+    what it would take alone; `mixer_seconds` is the part spent in its mixer."""
+    if not mixer_specs:
+        raise ValueError("evaluate_many needs at least one mixer spec (None for the model alone)")
+    if len(mixer_specs) > 1 and not isinstance(strategy, WindowStrategy):
+        raise ValueError(f"strategy {strategy.name!r} may change the model while it runs; "
+                         "run it once per mixer")
+    children = []
+    for spec in mixer_specs:
+        mixer = _make_mixer(model, data, spec)
+        label = strategy.label + (f"+{mixer.name}" if mixer is not None else "")
+        children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, share_mixer,
+                                    progress=False))
+    ctx = FanoutContext(children, progress)
+    model.eval()
+    if info.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    strategy.run(ctx)
+    if info.device.type == "cuda":
+        torch.cuda.synchronize()
+    shared = time.perf_counter() - t0 - sum(ctx.own_seconds)
+    runs = []
+    for spec, child, own in zip(mixer_specs, children, ctx.own_seconds):
+        config = {"strategy": strategy.config(), "ngram": spec, "share_mixer": share_mixer,
+                  "world_size": info.world_size, "device": str(info.device.type)}
+        result = reduce_result(child, child.strategy_name, shared + own, config)
+        runs.append(FanoutRun(result, child.ledger, own if child.mixer is not None else 0.0))
+    return runs
