@@ -12,10 +12,11 @@ position (a broadcast view, no per-token copy) and, unless --no-entropy, its pre
 entropy (the engine computes the entropy on the GPU next to the log-softmax). Timed: score
 then update on consecutive segments, one core, compile excluded (kernels warmed up first).
 
-What bounds the speed: random probes into a table far larger than the caches (each order's
-context and n-gram key lands in a different DRAM page: ~100 ns latency, partly overlapped by
-out-of-order execution); the splitmix64 hashing (2 x orders mixes per position) and the
-per-call Python/Numba dispatch (~10 us per segment) come next.
+What bounds the speed (measured on 2 shared EPYC cores): update, ~0.5-0.9 us per token,
+about 10 find-or-insert probes plus 20 packed-count read-modify-writes per token, growing with
+the table's load (longer probe runs); score ~0.2-0.4 us (keys ~0.06-0.1 us of it: hi
+splitmix64 steps per position); the first touch of the presized table (page faults, kernel
+zeroing) ~0.1-0.4 us per token at the start; Python per segment ~3 us (score + update).
 """
 from __future__ import annotations
 
@@ -67,19 +68,21 @@ def run(tokens: np.ndarray, spec: str, seg: int, with_entropy: bool, limit: int 
     row = np.log(uni / uni.sum())
     lp = np.broadcast_to(row, (seg, V))
     ent = np.full(seg, float(row_entropy(row[None])[0]))
-    mixer = parse_ngram_spec(V, spec)
-    mixer.bind(tokens)
     n = tokens.shape[0] if limit is None else min(limit, tokens.shape[0])
+    mixer = parse_ngram_spec(V, spec)
+    mixer.bind(tokens[:n])  # the store is sized from the bound stream: bind what is scored
     checksum = 0.0
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for a in range(0, n - seg + 1, seg):
         pos = np.arange(a, a + seg, dtype=np.int64)
         s = mixer.score(pos, lp, ent if with_entropy else None)
         mixer.update(pos)
         checksum += float(s.sum())
-    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    dt, dc = time.perf_counter() - t0, time.thread_time() - c0
     done = (n // seg) * seg
-    run.cpu_tps = done / dc  # per CPU-second of this process: one core, immune to descheduling
+    # per CPU-second of this thread (the kernels run in it): one core, immune to descheduling
+    # and to CPU used by other threads of the process (e.g. idle BLAS workers)
+    run.cpu_tps = done / dc
     return done / dt, mixer, -checksum / done
 
 

@@ -15,7 +15,7 @@ from .store import NgramStore
 
 _COMMON = {
     "orders": "orders=A-B with 2 <= A <= B <= 16 (e.g. orders=2-11)",
-    "cap": "cap=INT >= 16 (initial table slots)",
+    "cap": "cap=INT >= 16 (initial table slots; default: sized from the stream length)",
     "load": "load=FLOAT in (0.1, 0.95] (rehash above this load factor)",
 }
 _KINDS = {
@@ -80,7 +80,7 @@ class NgramMixer:
         self.name: str = kind
         self.spec = spec
         lo, hi = vals.pop("orders", (2, 11))
-        cap = vals.pop("cap", 1 << 16)
+        cap = vals.pop("cap", None)  # None: sized from the stream at bind (see store)
         load = vals.pop("load", 0.8)
         try:
             self.store = NgramStore(vocab_size, lo, hi, capacity=cap, max_load=load)
@@ -93,14 +93,21 @@ class NgramMixer:
         self.store.bind(tokens)
 
     def _prep(self, positions, model_logp, model_entropy):
-        pos = np.ascontiguousarray(positions, dtype=np.int64)
-        lp = np.asarray(model_logp)
+        # cheap on the hot path: arrays of the right kind pass through without a copy
+        pos = positions
+        if not (type(pos) is np.ndarray and pos.dtype == np.int64 and pos.flags.c_contiguous):
+            pos = np.ascontiguousarray(positions, dtype=np.int64)
+        lp = model_logp if type(model_logp) is np.ndarray else np.asarray(model_logp)
         if lp.ndim != 2 or lp.shape != (pos.shape[0], self.store.vocab_size):
             raise ValueError(f"model_logp must be (n, {self.store.vocab_size}) for n = {pos.shape[0]} positions")
+        if lp.dtype != np.float32 and lp.dtype != np.float64:
+            lp = lp.astype(np.float64)
         if model_entropy is None:
             ent = row_entropy(lp)
         else:
             ent = np.ascontiguousarray(model_entropy, dtype=np.float64)
+            if ent.shape != (pos.shape[0],):
+                raise ValueError(f"model_entropy must be ({pos.shape[0]},), got {ent.shape}")
         return pos, lp, ent
 
     def score(self, positions: np.ndarray, model_logp: np.ndarray,

@@ -54,11 +54,12 @@ class WittenBellMixture:
 
     def fast(self, st: NgramStore, pos: np.ndarray, model_logp: np.ndarray,
              entropy: np.ndarray) -> np.ndarray:
-        lp_t = _gather(model_logp, st.tokens[pos].astype(np.int64))
+        # one kernel call per segment; it reads the target column of model_logp itself (no
+        # gather, no temporaries: the engine calls this once per 64 tokens)
         out = np.empty(pos.shape[0], np.float64)
-        bad = K.score_mix_kernel(st.tab, st.side, st.unigram, st.total, st.vocab_size, st.tokens,
-                                 pos, lp_t, entropy, st.lo, st.hi, self.wmax, self.h0,
-                                 self.slope, self.c0, out)
+        bad = K.score_mix_kernel(st.tab, st.side, st.unigram, st.meta, st.vocab_size, st.tokens,
+                                 pos, model_logp, entropy, st.lo, st.hi, self.wmax, self.h0,
+                                 self.slope, self.c0, st.ck, st.pk, st.memo, st.stat, out)
         if bad >= 0:
             raise IndexError(f"position {bad} outside the bound stream")
         return out
@@ -92,7 +93,8 @@ class NormalizedTilt:
         hint = np.empty(pos.shape[0], np.int64)
         strength = np.empty(pos.shape[0], np.float64)
         bad = K.tilt_hint_kernel(st.tab, st.side, st.tokens, pos, entropy, st.lo, st.hi,
-                                 self.beta, self.h0, self.slope, hint, strength)
+                                 self.beta, self.h0, self.slope, st.ck, st.pk, st.memo, st.stat,
+                                 hint, strength)
         if bad >= 0:
             raise IndexError(f"position {bad} outside the bound stream")
         return hint, strength

@@ -3,8 +3,15 @@
 Orders lo..hi (order n = n-1 context tokens + the next token). For every stored sequence the
 table keeps its count as an n-gram, its count as a context, the number of distinct
 continuations (Witten-Bell's T(h), +1 when a (ctx, next) count goes 0 -> 1) and the argmax
-continuation with its count (the tilt's hint, O(1)). See ``kernels`` for the slot layout.
+continuation with its count (the tilt's hint, O(1)). See ``table`` for the slot layout.
 Tables grow (rehash at ``max_load``) and never drop an entry, so every count is exact.
+
+Sizing: with ``capacity=None`` (the mixer's default) ``bind`` sizes the table from the stream
+length, SLOTS_PER_TOKEN_PER_ORDER slots per token and order (FineWeb sp1024 stores ~0.77 new
+keys per token and order at 10M tokens, orders 2-11: the table ends ~77% full at 160 bytes per
+token). Why: growing from a small table rehashed every key ~2x and faulted in ~3x the final
+memory, which cost more CPU than all the scoring. A stream with more novel n-grams still
+grows (to 1.5x, 240 bytes per token). An explicit capacity keeps the old grow-from-small path.
 """
 from __future__ import annotations
 
@@ -14,31 +21,53 @@ from . import kernels as K
 from .errors import CacheInputError
 
 MAX_VOCAB = 65535  # tokens and distinct-continuation counts are stored in 16 bits
+SLOTS_PER_TOKEN_PER_ORDER = 1.0
+MEMO_ROWS = 512  # keys of up to this many positions are kept from score for update
 
 
 class NgramStore:
     """Exact counts of orders lo..hi over a bound token stream."""
 
-    def __init__(self, vocab_size: int, lo: int = 2, hi: int = 11, capacity: int = 1 << 16,
+    def __init__(self, vocab_size: int, lo: int = 2, hi: int = 11, capacity: int | None = None,
                  max_load: float = 0.8, growth: float = 1.5) -> None:
         if not 2 <= vocab_size <= MAX_VOCAB:
             raise CacheInputError(f"vocab_size {vocab_size}: the n-gram store supports 2..{MAX_VOCAB}")
         self.vocab_size = int(vocab_size)
         self.lo, self.hi = int(lo), int(hi)
         self.max_load, self.growth = float(max_load), float(growth)
-        self.initial_capacity = max(int(capacity), 16)
+        self.initial_capacity = None if capacity is None else max(int(capacity), 16)
         self.tokens = np.zeros(0, np.uint16)
+        # scratch of the kernels, allocated once (no per-call allocation): score's key memo
+        # (ck, pk rows and memo = [n, positions...]), update's slot rows, context statistics.
+        self.ck = np.zeros((MEMO_ROWS, self.hi + 1), np.uint64)
+        self.pk = np.zeros((MEMO_ROWS, self.hi + 1), np.uint64)
+        self.memo = np.zeros(MEMO_ROWS + 1, np.int64)
+        self.stat = np.zeros((4, self.hi + 1), np.int64)
+        self._slots = np.zeros((2, self.hi + 1), np.int64)
         self.reset()
 
     def reset(self) -> None:
-        self.tab = np.zeros((self.initial_capacity, 2), np.uint64)
+        cap = self.initial_capacity
+        if cap is None:
+            per_token = SLOTS_PER_TOKEN_PER_ORDER * (self.hi - self.lo + 1)
+            cap = max(1 << 16, int(per_token * self.tokens.shape[0]))
+        self.tab = K.table_zeros(cap, 2)
         self.side = np.zeros((1024, 3), np.uint64)
-        self.n_main = 0
-        self.n_side = 0
+        # [main entries, side entries, learned tokens, main limit, side limit]: the kernels
+        # keep it current, so a call needs no Python-side bookkeeping.
+        self.meta = np.zeros(5, np.int64)
+        self._set_limits()
         self.unigram = np.zeros(self.vocab_size, np.int64)
-        self.total = 0
         self.learned = np.zeros(self.tokens.shape[0], np.uint8)
-        self._slots = np.zeros((2, self.hi + 1), np.int64)
+        self.memo[0] = 0
+
+    n_main = property(lambda self: int(self.meta[0]))
+    n_side = property(lambda self: int(self.meta[1]))
+    total = property(lambda self: int(self.meta[2]))
+
+    def _set_limits(self) -> None:
+        self.meta[3] = int(self.max_load * self.tab.shape[0])
+        self.meta[4] = int(self.max_load * self.side.shape[0])
 
     def bind(self, tokens: np.ndarray) -> None:
         """Bind the evaluation stream and start from an empty store."""
@@ -53,14 +82,15 @@ class NgramStore:
         self.reset()
 
     # -- growth ---------------------------------------------------------------------------
-    def _ensure(self, n_positions: int) -> None:
+    def _grow(self, n_positions: int) -> None:
+        """Make room for 2 (hi - lo + 1) new keys per position in both tables."""
         worst = 2 * (self.hi - self.lo + 1) * n_positions
         cap = self.tab.shape[0]
         if self.n_main + worst > self.max_load * cap:
             new_cap = cap
             while self.n_main + worst > self.max_load * new_cap:
                 new_cap = int(new_cap * self.growth) + 1
-            new = np.zeros((new_cap, 2), np.uint64)
+            new = K.table_zeros(new_cap, 2)
             K.rehash_kernel(self.tab, new)
             self.tab = new
         scap = self.side.shape[0]
@@ -71,21 +101,25 @@ class NgramStore:
             new = np.zeros((new_cap, 3), np.uint64)
             K.rehash_kernel(self.side, new)
             self.side = new
+        self._set_limits()
 
     def update(self, positions: np.ndarray, chunk: int = 8192) -> None:
         """Learn the n-grams ending at ``positions`` (any order, each position at most once)."""
-        pos = np.ascontiguousarray(positions, dtype=np.int64)
+        pos = positions
+        if not (type(pos) is np.ndarray and pos.dtype == np.int64 and pos.flags.c_contiguous):
+            pos = np.ascontiguousarray(positions, dtype=np.int64)
         for a in range(0, pos.shape[0], chunk):
-            part = pos[a:a + chunk]
-            self._ensure(part.shape[0])
-            m, s = K.update_kernel(self.tab, self.side, self.unigram, self.learned, self.tokens,
-                                   part, self.lo, self.hi, self._slots)
-            if m < 0:
+            part = pos if pos.shape[0] <= chunk else pos[a:a + chunk]
+            while True:
+                code, t = K.update_kernel(self.tab, self.side, self.unigram, self.learned,
+                                          self.tokens, part, self.lo, self.hi, self._slots,
+                                          self.meta, self.ck, self.pk, self.memo)
+                if code != K.NEED_ROOM:
+                    break
+                self._grow(part.shape[0])
+            if code == K.BAD_POSITION:
                 raise CacheInputError(
-                    f"update: position {s} is outside [0, {self.tokens.shape[0]}) or was already learned")
-            self.n_main += m
-            self.n_side += s
-            self.total += part.shape[0]
+                    f"update: position {t} is outside [0, {self.tokens.shape[0]}) or was already learned")
 
     # -- inspection (tests, reports) --------------------------------------------------------
     def lookup(self, seq) -> tuple[int, int, int, int, int]:
