@@ -13,7 +13,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .table import (U64, find, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
+from .table import (find, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
                     rehash_kernel, segment_keys, seq_key, SEED, table_zeros)
 
 __all__ = ["find", "get_counts", "get_low", "rehash_kernel", "seq_key", "table_zeros"]

@@ -23,7 +23,8 @@ import torch
 from evalkit import runcache
 from evalkit.cost import DEFAULT_UTILIZATION, FULL_SPLIT_TOKENS, projected_8xh100_seconds
 from evalkit.dist import broadcast_object, shutdown
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.errors import EvalkitError
 from evalkit.fanout import evaluate_many
 from evalkit.grid import RunSpec, cli_runs, load_grid, per_run_actions, run_options
 from evalkit.plots import plot_bpb, plot_frontier
@@ -37,7 +38,7 @@ ABLATE_DESTS = frozenset({"grid", "out", "resume", "baseline", "bootstrap", "boo
 
 
 def build_parser(prog: str = "python -m evalkit.ablate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = CliParser(prog=prog, description=__doc__.splitlines()[0])
     add_input_args(p)
     p.add_argument("--strategy", action="append", default=None,
                    help="strategy to compare (repeatable; with each --ngram as well), instead of --grid")
@@ -245,15 +246,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        run(args, parser)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        shutdown()
-    return 0
+
+    def body() -> None:
+        run(parser.parse_args(argv), parser)
+
+    return run_cli(body, cleanup=shutdown)
 
 
 if __name__ == "__main__":

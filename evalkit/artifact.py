@@ -14,7 +14,6 @@ The header stays uncompressed so `info` can read it cheaply; the payload's SHA-2
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import lzma
@@ -27,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.errors import EvalkitError
 from evalkit.model import GPTConfig
 from evalkit.quant import dequantize_state_dict
 
@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 SIZE_CAP = 16_000_000  # decimal bytes: artifact + counted code (challenge rule C8)
 # The code a scorer needs to rebuild and run the model from the artifact; the challenge
 # counts the submission's code bytes against the cap, so we count these.
-COUNTED_CODE = ("evalkit/model.py", "evalkit/quant.py", "evalkit/artifact.py")
+COUNTED_CODE = ("evalkit/model.py", "evalkit/layers.py", "evalkit/quant.py", "evalkit/artifact.py")
 _DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
 
 
@@ -238,17 +238,11 @@ def info(path: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evalkit.artifact", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m evalkit.artifact", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="print config, parameter count, bytes and the 16 MB budget")
     p_info.add_argument("artifact")
-    args = parser.parse_args(argv)
-    try:
-        print(info(args.artifact))
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    return run_cli(lambda: print(info(parser.parse_args(argv).artifact)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from evalkit.audit_checks import (CHALLENGE_SPLIT_TOKENS, CUDA_ATOL, Budget, Che
                                   replacement, run_strategy, sample_positions)
 from evalkit.data import BOS_ID, ByteTable, _load_sp, doc_starts
 from evalkit.engine import EvalData
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.errors import EvalkitError
 from evalkit.plugins import load_plugin, plugin_file
 from evalkit.report import markdown_table, provenance, write_json
 from evalkit.strategies import build_strategy
@@ -37,7 +38,7 @@ DEFAULT_DOCS, DEFAULT_DOC_TOKENS = 8, 512
 def build_parser(prog: str = "python -m evalkit.audit") -> argparse.ArgumentParser:
     from evalkit.score import add_input_args  # the score CLI's flags, so commands carry over verbatim
 
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = CliParser(prog=prog, description=__doc__.splitlines()[0])
     add_input_args(p)
     p.add_argument("--strategy", default="sliding", help="registered strategy to audit (default sliding)")
     p.add_argument("--plugin", default=None, help="audit a user strategy instead: FILE.py:CLASS (evalkit/plugins.py)")
@@ -177,15 +178,15 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int:
         if "--self-test" in argv:
             from evalkit.gallery.selftest import main as self_test
 
             return self_test([a for a in argv if a != "--self-test"])
         return run(build_parser().parse_args(argv))
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

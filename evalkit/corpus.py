@@ -25,8 +25,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from evalkit.data import CliParser, make_dir, prepare
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.data import make_dir, prepare
+from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
 
@@ -209,19 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "evalkit",
                         help=f"where {TARBALL} is kept (default ~/.cache/evalkit)")
-    try:
+
+    def body() -> None:
         args = parser.parse_args(argv)
-        r = build_demo_data(args.out, args.cache)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        report(build_demo_data(args.out, args.cache))
+
+    return run_cli(body)
+
+
+def report(r: dict) -> None:
     print(f"validation works: {', '.join(r['val_works'])}")
     print(f"tokenizer {r['tokenizer']} (vocab {r['vocab_size']})")
     for split in ("train", "val"):
         s = r[split]
         print(f"{split:<5} docs {s['docs']:>6,}  tokens {s['tokens']:>10,}  bytes {s['bytes']:>11,}  {s['glob']}")
     print(f"done in {r['seconds']:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":

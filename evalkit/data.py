@@ -16,7 +16,6 @@ consecutive blank lines (a single blank line is a paragraph break inside a docum
 
 from __future__ import annotations
 
-import argparse
 import glob
 import io
 import json
@@ -30,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
 
@@ -376,13 +376,6 @@ def prepare(
 # ---------------------------------------------------------------- CLI
 
 
-class CliParser(argparse.ArgumentParser):
-    """argparse whose usage errors become EvalkitError: one line on stderr, exit 2."""
-
-    def error(self, message: str):
-        raise EvalkitError(f"{self.prog}: {message}")
-
-
 def make_dir(path: str | Path, flag: str) -> Path:
     """mkdir -p that reports an unusable path as bad input rather than a traceback."""
     path = Path(path)
@@ -416,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = sub.add_parser("info", help="tokens, documents and bytes of shards")
     i.add_argument("glob", help="shard glob, e.g. 'DIR/data_val_*.bin'")
     i.add_argument("--tokenizer", help="sentencepiece .model, to count bytes")
-    try:
+
+    def body() -> None:
         args = parser.parse_args(argv)
         if args.cmd == "prepare":
             r = prepare(args.input, args.out, args.tokenizer, args.train_tokenizer, args.val_docs, args.name)
@@ -431,10 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.tokenizer:
                 nbytes = int(ByteTable.from_sentencepiece(args.tokenizer, True).target_bytes(tokens).sum())
             _print_counts("shards", int(doc_starts(tokens).size), int(tokens.size), nbytes)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

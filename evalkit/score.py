@@ -14,14 +14,15 @@ import torch
 
 from evalkit.dist import init_dist, shutdown
 from evalkit.engine import evaluate
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.errors import EvalkitError
 from evalkit.inputs import load_data, load_model
 from evalkit.report import markdown_table, provenance, write_json
 from evalkit.strategies import add_common_args, build_strategy, check_window_opts
 
 
 def build_parser(prog: str = "python -m evalkit.score") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = CliParser(prog=prog, description=__doc__.splitlines()[0])
     add_input_args(p)
     p.add_argument("--strategy", action="append", default=None,
                    help="strategy to run (repeatable; default sliding): flat, sliding, ...")
@@ -95,15 +96,11 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        shutdown()
-    return 0
+
+    def body() -> None:
+        run(build_parser().parse_args(argv))
+
+    return run_cli(body, cleanup=shutdown)
 
 
 if __name__ == "__main__":
