@@ -18,10 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evalkit import layers
+
 try:  # flash-attn is optional and CUDA-only; SDPA is the portable fallback.
-    from flash_attn import flash_attn_func  # type: ignore
+    from flash_attn_interface import flash_attn_func  # type: ignore  # flash-attn 3 (Hopper), #198
 except ImportError:  # pragma: no cover - depends on the machine
-    flash_attn_func = None
+    try:
+        from flash_attn import flash_attn_func  # type: ignore
+    except ImportError:  # pragma: no cover - depends on the machine
+        flash_attn_func = None
 
 
 @dataclass
@@ -38,6 +43,21 @@ class GPTConfig:
     qk_gain_init: float = 1.5  # per-head multiplier on normalized queries (learned)
     tied_embed_init_std: float = 0.005  # small init for the shared embedding/head matrix
     train_seq_len: int = 1024  # the context the model was trained on; default eval seq_len
+    # Record features (openai/parameter-golf PRs); all off by default = the baseline above.
+    bigram_buckets: int = 0  # BigramHash buckets, #198 (2048), #451 (10240); 0 = off
+    bigram_dim: int = 128  # BigramHash embedding width before its projection to d (#372: 64)
+    smear_gate: bool = False  # SmearGate one-token mix at the embedding, #198; never across BOS
+    smear_window: int = 0  # >0: scalar gate from the first k channels of x_t (#1938: 12)
+    pre_enrich_hidden: int = 0  # GELU MLP d->h->d before the blocks, #810 (768); 0 = off
+    rope_dims: int = 0  # partial RoPE: rotate only the first k dims of each head, #1938 (16); 0 = all
+    rope_ntk: bool = False  # NTK-aware RoPE base scaling beyond train_seq_len, #198
+    xsa_last_n: int = 0  # exclusive self-attention on the last n layers, #372/#810 (4)
+    gated_attn: bool = False  # per-head sigmoid output gate from x, #1938
+    mlp_act: str = "relu2"  # "relu2" (baseline) or "leaky_relu2" (#1938: LeakyReLU(0.5)^2)
+    recur_start: int = 0  # depth recurrence: blocks recur_start..recur_end (inclusive)...
+    recur_end: int = 0  # ...are run recur_times times in a row, #1938 (3-5, twice)
+    recur_times: int = 1  # 1 = no recurrence
+    skip_from_layer: int = 0  # U-Net skips feed only decoder blocks with index >= this (#1938: 8)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
@@ -61,15 +81,18 @@ class GPTConfig:
 
 class Linear(nn.Linear):
     """A bias-free linear layer that casts its weight to the input dtype (bf16 autocast
-    friendly) and adds an optional low-rank adapter output (test-time training)."""
+    friendly) and adds an optional low-rank adapter output (test-time training). The
+    trainer's quantization-aware training sets `fake_quant` (weight -> STE-rounded weight)."""
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.zero_init = zero_init
         self.lora: nn.Module | None = None
+        self.fake_quant = None  # Callable[[Tensor], Tensor] | None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight.to(x.dtype))
+        w = self.weight if self.fake_quant is None else self.fake_quant(self.weight)
+        y = F.linear(x, w.to(x.dtype))
         if self.lora is not None:
             y = y + self.lora(x)
         return y
@@ -80,26 +103,30 @@ def rms_norm(x: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """RoPE tables, cached per (length, device); not part of the state dict."""
+    """RoPE tables over the first `dims` dims of a head, cached per (length, device); not
+    part of the state dict. With `ntk`, lengths past train_seq_len stretch the base."""
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, dims: int, base: float, train_seq_len: int = 0, ntk: bool = False):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dims, self.base, self.train_seq_len, self.ntk = dims, base, train_seq_len, ntk
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            base = layers.rope_base(self.base, self.dims, seq_len, self.train_seq_len, self.ntk)
+            inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))  # (T, hd/2)
+            freqs = torch.outer(t, inv_freq.to(device))  # (T, dims/2)
             self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
         return self._cache[2].to(dtype), self._cache[3].to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    """Rotate the first 2 * cos.size(-1) dims of x; the rest pass through (partial RoPE)."""
+    dims = 2 * cos.size(-1)
+    half = dims // 2
+    x1, x2, rest = x[..., :half], x[..., half:dims], x[..., dims:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -108,15 +135,17 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     flash-attn when installed, on CUDA, in half precision; SDPA otherwise (CPU, tests)."""
     if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-        return y.transpose(1, 2)
+        return (y[0] if isinstance(y, tuple) else y).transpose(1, 2)  # FA3 also returns the LSE
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, xsa: bool = False):
         super().__init__()
         if cfg.model_dim % cfg.num_heads or cfg.num_heads % cfg.num_kv_heads or cfg.head_dim % 2:
             raise ValueError("model_dim/num_heads must be even and num_heads a multiple of num_kv_heads")
+        if cfg.rope_dims % 2 or cfg.rope_dims > cfg.head_dim:
+            raise ValueError(f"rope_dims {cfg.rope_dims} must be even and <= head_dim {cfg.head_dim}")
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kv_dim = cfg.num_kv_heads * cfg.head_dim
         self.c_q = Linear(cfg.model_dim, cfg.model_dim)
@@ -124,7 +153,9 @@ class CausalSelfAttention(nn.Module):
         self.c_v = Linear(cfg.model_dim, kv_dim)
         self.proj = Linear(cfg.model_dim, cfg.model_dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base, cfg.train_seq_len, cfg.rope_ntk)
+        self.xsa = xsa
+        self.gate = Linear(cfg.model_dim, cfg.num_heads, zero_init=True) if cfg.gated_attn else None
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
@@ -136,6 +167,10 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         y = causal_attention(q, k, v)  # (B, H, T, hd)
+        if self.xsa:
+            y = layers.exclusive_self_attention(y, v)
+        if self.gate is not None:  # sigmoid(0) = 0.5 at init: every head half open
+            y = y * torch.sigmoid(self.gate(x)).transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -144,18 +179,19 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.act = cfg.mlp_act
         self.fc = Linear(cfg.model_dim, cfg.mlp_hidden)
         self.proj = Linear(cfg.mlp_hidden, cfg.model_dim, zero_init=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        return self.proj(layers.activation(self.act, self.fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, index: int = 0):
         super().__init__()
         d = cfg.model_dim
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, xsa=index >= cfg.num_layers - cfg.xsa_last_n)
         self.mlp = MLP(cfg)
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
@@ -174,11 +210,17 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
-        self.num_encoder_layers = cfg.num_layers // 2
-        self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
+        d = cfg.model_dim
+        self.bigram = layers.BigramHash(cfg.vocab_size, cfg.bigram_buckets, cfg.bigram_dim, d) if cfg.bigram_buckets else None
+        self.smear = layers.SmearGate(d, cfg.smear_window) if cfg.smear_gate else None
+        self.enrich = layers.PreEnrich(d, cfg.pre_enrich_hidden) if cfg.pre_enrich_hidden else None
+        # Virtual layers: physical blocks in run order (depth recurrence repeats some).
+        self.order = layers.layer_order(cfg.num_layers, cfg.recur_start, cfg.recur_end, cfg.recur_times)
+        self.num_encoder_layers = len(self.order) // 2
+        self.num_decoder_layers = len(self.order) - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim))
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, d))
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.model_dim, cfg.vocab_size, zero_init=True)
         self.head_lora: nn.Module | None = None  # TTT adapter on the (possibly tied) head
         self._init_weights()
@@ -192,15 +234,24 @@ class GPT(nn.Module):
 
     def hidden(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, C) final normalized hidden states."""
-        x = rms_norm(self.tok_emb(idx))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.bigram is not None:  # hashed (previous, current) token embedding
+            x = x + self.bigram(idx)
+        x = rms_norm(x)
+        if self.smear is not None:  # one-token causal mix, masked at BOS
+            x = self.smear(x, idx)
+        if self.enrich is not None:  # GELU block before the transformer
+            x = self.enrich(x)
         x0, skips = x, []
-        for block in self.blocks[: self.num_encoder_layers]:
-            x = block(x, x0)
+        for j in self.order[: self.num_encoder_layers]:
+            x = self.blocks[j](x, x0)
             skips.append(x)
-        for i, block in enumerate(self.blocks[self.num_encoder_layers :]):
-            if skips:  # U-Net: decoder layer i reads encoder layer (n_enc - 1 - i)
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0)
+        for i, j in enumerate(self.order[self.num_encoder_layers :]):
+            if skips:  # U-Net: decoder layer i reads encoder layer (n_enc - 1 - i)...
+                skip = skips.pop()
+                if j >= self.cfg.skip_from_layer:  # ...if its block is past skip_from_layer
+                    x = x + self.skip_weights[i].to(x.dtype) * skip
+            x = self.blocks[j](x, x0)
         return rms_norm(x)
 
     def head(self, h: Tensor) -> Tensor:

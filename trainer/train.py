@@ -1,0 +1,212 @@
+"""`python -m trainer.train --preset NAME --train GLOB --out X.ptz [--scale tiny|full] [key=value ...]`
+
+Trains evalkit's GPT with a preset's recipe and exports a scoreable artifact. Runs on one
+process (CPU: float32, fixed seed) or under `torchrun` (DDP; bf16 autocast on CUDA).
+Reads training shards only: a glob naming `*_val_*` files is refused (legality C6).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from evalkit.data import check_token_range, load_stream, resolve_glob
+from evalkit.dist import DistInfo, init_dist, shutdown
+from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.model import GPT
+from evalkit.report import provenance
+from trainer.averaging import EMA, SWA
+from trainer.config import Preset, available, load_preset
+from trainer.export import export_artifact
+from trainer.init import apply_init
+from trainer.optim import apply_schedule, build_optimizers, lr_scale, muon_momentum
+
+log = logging.getLogger("trainer")
+
+
+def train_tokens(pattern: str) -> np.ndarray:
+    """The training stream; refuses validation shards (C6: no val data in training)."""
+    paths = resolve_glob(pattern, "--train")
+    bad = [p.name for p in paths if "_val_" in p.name]
+    if bad:
+        raise EvalkitError(f"--train {pattern!r} matches validation shards {bad[:3]}; training may read "
+                           "only *_train_* shards (legality C6)")
+    return load_stream(pattern, flag="--train")
+
+
+class Batches:
+    """Random (B, T) windows of the stream; each rank draws from its own seeded generator."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_seqs: int, seed: int, device: torch.device):
+        if tokens.size < seq_len + 2:
+            raise EvalkitError(f"--train: {tokens.size} tokens is shorter than one sequence of {seq_len}; "
+                               "give more data or set train_seq_len lower")
+        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+        self.seq_len, self.batch_seqs, self.device = seq_len, batch_seqs, device
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.rng.integers(0, self.tokens.numel() - self.seq_len - 1, self.batch_seqs)
+        idx = torch.from_numpy(starts)[:, None] + torch.arange(self.seq_len + 1)[None]
+        chunk = self.tokens[idx].to(self.device)  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+class Progress:
+    """Training progress in [0, 1] by wall-clock fraction or by steps, and the stop rule."""
+
+    def __init__(self, t, start: float):
+        self.t, self.start = t, start
+        self.budget = max(t.max_seconds - t.reserve_seconds, 1e-6)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def value(self, step: int) -> float:
+        by_steps = step / max(self.t.iterations, 1)
+        return max(by_steps, self.elapsed() / self.budget) if self.t.schedule == "time" else by_steps
+
+    def scale(self, step: int) -> float:
+        t = self.t
+        if t.schedule == "time":
+            return lr_scale(self.value(step), t.warmup_frac, t.warmdown_frac)
+        if t.warmup_steps and step < t.warmup_steps:
+            return step / t.warmup_steps
+        # Steps left: by the step cap, or by the wall clock at the mean step time so far
+        # (as the records do: a warmdown of N steps ends when the time budget does).
+        left = t.iterations - step
+        if step > 0:
+            left = min(left, (self.budget - self.elapsed()) / (self.elapsed() / step))
+        return min(1.0, max(left, 0.0) / t.warmdown_steps) if t.warmdown_steps else 1.0
+
+    def done(self, step: int) -> bool:
+        return step >= self.t.iterations or self.elapsed() >= self.budget
+
+
+def train(preset: Preset, tokens: np.ndarray, info: DistInfo, progress_bar: bool = True):
+    """Run the recipe; returns (model, state dict to export, stats)."""
+    cfg, t = preset.model, preset.train
+    torch.manual_seed(t.seed)
+    model = GPT(cfg)
+    apply_init(model, t.init)
+    model = model.to(info.device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
+    seqs = max(1, t.batch_tokens // (cfg.train_seq_len * info.world_size))
+    batches = Batches(tokens, cfg.train_seq_len, seqs, t.seed + info.rank, info.device)
+    opts = build_optimizers(model, vars(t))
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    swa = SWA(t.swa_every, t.swa_start_scale) if t.swa_every > 0 else None
+    qat = None
+    if t.qat_start_frac >= 0:
+        from trainer.qat import FakeQuant
+        qat = FakeQuant(model, preset.export)
+    autocast = torch.autocast("cuda", torch.bfloat16) if info.device.type == "cuda" else nullcontext()
+    prog, step, loss_ema = Progress(t, time.perf_counter()), 0, None
+    tokens_per_step = seqs * cfg.train_seq_len * info.world_size
+    while not prog.done(step):
+        scale = prog.scale(step)
+        apply_schedule(opts, scale, muon_momentum(step, t.muon_momentum_start, t.muon_momentum,
+                                                  t.muon_momentum_warmup_steps))
+        if qat is not None:
+            qat.enabled = prog.value(step) >= t.qat_start_frac
+        x, y = batches.next()
+        with autocast:
+            logits = ddp(x)
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        for opt in opts:
+            opt.step()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        step += 1
+        if ema is not None:
+            ema.update(model)
+        if swa is not None:
+            swa.maybe_update(model, step, scale)
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
+        if info.is_main and progress_bar and (step % t.log_every == 0 or step == 1):
+            log_step(step, lv, scale, prog, tokens_per_step)
+    if qat is not None:
+        qat.remove()
+    state = model.state_dict()
+    if swa is not None and swa.state_dict() is not None:
+        state = swa.state_dict()
+    elif ema is not None:
+        state = ema.state_dict()
+    stats = {"steps": step, "train_seconds": round(prog.elapsed(), 2), "train_loss_ema": loss_ema,
+             "tokens_seen": step * tokens_per_step, "swa_snapshots": swa.count if swa else 0}
+    return model, state, stats
+
+
+def log_step(step: int, loss: float, scale: float, prog: Progress, tokens_per_step: int) -> None:
+    el = prog.elapsed()
+    frac = max(prog.value(step), el / prog.budget, 1e-9)  # whichever cap ends training first
+    eta = el / frac - el
+    log.info("step %d  loss %.4f  lr_scale %.3f  %s tok/s  elapsed %.0fs  eta %.0fs",
+             step, loss, scale, f"{step * tokens_per_step / max(el, 1e-9):,.0f}", el, eta)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", required=True, help=f"recipe name: {', '.join(available())}")
+    p.add_argument("--scale", choices=("tiny", "full"), default=None, help="the preset's size variant")
+    p.add_argument("--train", required=True, help="training shard glob, e.g. 'DIR/*_train_*.bin'")
+    p.add_argument("--out", required=True, help="artifact path (.ptz)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no step lines")
+    p.add_argument("overrides", nargs="*", help="key=value or section.key=value preset overrides")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    preset = load_preset(args.preset, args.scale, args.overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = init_dist(args.device)
+    tokens = train_tokens(args.train)
+    check_token_range(tokens, preset.model.vocab_size, args.train)
+    record = provenance(preset=preset.to_dict(), train_glob=args.train, device=str(info.device),
+                        world_size=info.world_size, params=GPT(preset.model).num_params())
+    if info.is_main:
+        log.info("config %s", json.dumps(record, default=str))
+    model, state, stats = train(preset, tokens, info, not args.quiet)
+    record["stats"] = stats
+    if info.is_main:
+        log.info("trained: %s", json.dumps(stats))
+        hess = None
+        if preset.export.gptq:
+            from trainer.gptq import collect_hessians
+            hess = lambda: collect_hessians(model, state, Batches(tokens, preset.model.train_seq_len,  # noqa: E731
+                                            max(1, preset.train.batch_tokens // preset.model.train_seq_len),
+                                            preset.train.seed + 999, info.device), preset.export.gptq_batches)
+        record["artifact_bytes"] = export_artifact(args.out, preset.model, state, preset.export,
+                                                   meta={k: record[k] for k in ("git", "versions", "stats")}
+                                                   | {"preset": args.preset, "scale": args.scale}, hessians=hess)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        args = build_parser().parse_args(argv)
+        run(args)
+    except EvalkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
