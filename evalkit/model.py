@@ -11,7 +11,6 @@ them; training and plain scoring leave them None.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch

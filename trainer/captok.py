@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.cli import CliParser
+from evalkit.cli import CliParser, run_cli
 from evalkit.data import BOS_ID, make_dir, read_documents, write_shards
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.errors import EvalkitError
 
 CAP_MARK = "\ue000"  # a private-use character: never in normal text, 3 UTF-8 bytes
 
@@ -123,16 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=1024, help="SentencePiece vocabulary size")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--val-docs", type=int, default=50, help="the last N documents become validation")
-    try:
+
+    def body() -> None:
         args = p.parse_args(argv)
         r = prepare(args.input, args.vocab, args.out, args.val_docs)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"tokenizer {r['tokenizer']}")
-    for split in ("train", "val"):
-        print(f"{split:<6} docs {r[split]['docs']:,}  tokens {r[split]['tokens']:,}  bytes {r[split]['bytes']:,}")
-    return 0
+        print(f"tokenizer {r['tokenizer']}")
+        for split in ("train", "val"):
+            print(f"{split:<6} docs {r[split]['docs']:,}  tokens {r[split]['tokens']:,}  bytes {r[split]['bytes']:,}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

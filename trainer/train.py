@@ -18,7 +18,8 @@ import torch
 
 from evalkit.data import check_token_range, load_stream, resolve_glob
 from evalkit.dist import DistInfo, init_dist, shutdown
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
+from evalkit.errors import EvalkitError
 from evalkit.model import GPT
 from evalkit.report import provenance
 from trainer.averaging import EMA, SWA
@@ -156,7 +157,7 @@ def log_step(step: int, loss: float, scale: float, prog: Progress, tokens_per_st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
     p.add_argument("--preset", required=True, help=f"recipe name: {', '.join(available())}")
     p.add_argument("--scale", choices=("tiny", "full"), default=None, help="the preset's size variant")
     p.add_argument("--train", required=True, help="training shard glob, e.g. 'DIR/*_train_*.bin'")
@@ -197,15 +198,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    try:
-        args = build_parser().parse_args(argv)
-        run(args)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        shutdown()
-    return 0
+
+    def body() -> None:
+        run(build_parser().parse_args(argv))
+
+    return run_cli(body, cleanup=shutdown)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ engine's byte rule (every target position after the first, BOS targets included)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from evalkit.data import ByteTable, load_stream, read_byte_sidecar
-from evalkit.errors import EXIT_BAD_INPUT, EvalkitError
+from evalkit.cli import CliParser, run_cli
 
 
 def unigram_bpb(train: np.ndarray, val: np.ndarray, target_bytes: np.ndarray, vocab_size: int) -> float:
@@ -25,22 +24,21 @@ def unigram_bpb(train: np.ndarray, val: np.ndarray, target_bytes: np.ndarray, vo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.unigram", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m trainer.unigram", description=__doc__.splitlines()[0])
     p.add_argument("--train", required=True, help="training shard glob")
     p.add_argument("--val", required=True, help="validation shard glob")
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model of both splits")
     p.add_argument("--byte-sidecar", default=None, help="per-token byte counts of the val split (case tokenizers)")
-    args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
+        args = p.parse_args(argv)
         table = ByteTable.from_sentencepiece(args.tokenizer, allow_split_space=args.byte_sidecar is not None)
         val = load_stream(args.val)
         nbytes = read_byte_sidecar(args.byte_sidecar, val.size) if args.byte_sidecar else table.target_bytes(val)
         bpb = unigram_bpb(load_stream(args.train, flag="--train"), val, nbytes, table.vocab_size)
-    except EvalkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"unigram bpb {bpb:.4f}")
-    return 0
+        print(f"unigram bpb {bpb:.4f}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
