@@ -10,32 +10,37 @@ from __future__ import annotations
 
 import numpy as np
 
+_MUL, _MOD = 1_000_003, 1 << 31
+
 
 class IllegalHashedRatioMixer:
+    """The hashed-bucket ratio, vectorised over the alphabet so the audit's self-test stays fast."""
+
     name = "illegal-hashed"
 
-    def __init__(self, vocab_size: int, spec: str = "", buckets: int = 4096, orders=(2, 5),
-                 w: float = 0.3) -> None:
+    def __init__(self, vocab_size: int, buckets: int = 512, orders: tuple[int, int] = (2, 3), w: float = 0.3):
         self.V, self.B, self.w = vocab_size, buckets, w
         self.lo, self.hi = orders
         self.ctx_cnt = np.zeros((self.hi + 1, buckets), np.int64)
         self.pair_cnt = np.zeros((self.hi + 1, buckets), np.int64)
 
     def bind(self, tokens: np.ndarray) -> None:
-        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.tok = np.asarray(tokens, dtype=np.int64)
 
-    def _bucket(self, seq) -> int:
-        return hash(tuple(int(v) for v in seq)) % self.B
+    def _ctx_hash(self, t: int, n: int) -> int:
+        h = 0
+        for v in self.tok[t - n + 1:t]:
+            h = (h * _MUL + int(v) + 1) % _MOD
+        return h
 
     def _ratios(self, t: int) -> np.ndarray:
         for n in range(self.hi, self.lo - 1, -1):
-            if n - 1 > t:
+            if t - n + 1 < 0:
                 continue
-            ctx = self.tokens[t - n + 1:t]
-            cb = self._bucket(ctx)
-            if self.ctx_cnt[n, cb] > 0:
-                pb = [self._bucket(list(ctx) + [a]) for a in range(self.V)]
-                return self.pair_cnt[n, pb] / self.ctx_cnt[n, cb]
+            h = self._ctx_hash(t, n)
+            if self.ctx_cnt[n, h % self.B] > 0:
+                pair = (h * _MUL + np.arange(self.V) + 1) % _MOD % self.B
+                return self.pair_cnt[n, pair] / self.ctx_cnt[n, h % self.B]
         return np.zeros(self.V)
 
     def distribution(self, positions, model_logp) -> np.ndarray:
@@ -47,17 +52,16 @@ class IllegalHashedRatioMixer:
 
     def score(self, positions, model_logp, model_entropy=None) -> np.ndarray:
         d = self.distribution(positions, model_logp)
-        return d[np.arange(len(positions)), self.tokens[np.asarray(positions)]]
+        return d[np.arange(len(positions)), self.tok[np.asarray(positions)]]
 
     def update(self, positions) -> None:
-        for t in positions:
-            t = int(t)
+        for t in (int(t) for t in positions):
             for n in range(self.lo, self.hi + 1):
-                if n - 1 > t:
+                if t - n + 1 < 0:
                     break
-                ctx = list(self.tokens[t - n + 1:t])
-                self.ctx_cnt[n, self._bucket(ctx)] += 1
-                self.pair_cnt[n, self._bucket(ctx + [int(self.tokens[t])])] += 1
+                h = self._ctx_hash(t, n)
+                self.ctx_cnt[n, h % self.B] += 1
+                self.pair_cnt[n, (h * _MUL + int(self.tok[t]) + 1) % _MOD % self.B] += 1
 
     def memory_bytes(self) -> int:
         return int(self.ctx_cnt.nbytes + self.pair_cnt.nbytes)

@@ -3,74 +3,18 @@
 Public case: openai/parameter-golf PR #886, #1147, #978 scored
 count(bucket(ctx, x_t)) / count(bucket(ctx)). Buckets collide, so over the whole alphabet
 these "probabilities" summed to ~277-1000. The audit's normalization check sums the
-strategy's full distribution and FAILS it. (caches/illegal.py holds the same idea as a
-cache fixture; this one is vectorised over the alphabet to keep the self-test fast.)
+strategy's full distribution and FAILS it. The mixer itself is the fixture in caches/illegal.py.
 """
 from __future__ import annotations
 
-import numpy as np
-
+from caches.illegal import IllegalHashedRatioMixer
 from evalkit.strategies.windows import Sliding
-
-_MUL, _MOD = 1_000_003, 1 << 31
-
-
-class HashedRatioMixer:
-    name = "hashed-ratio"
-
-    def __init__(self, vocab_size: int, buckets: int = 512, orders: tuple[int, int] = (2, 3), w: float = 0.3):
-        self.V, self.B, self.w = vocab_size, buckets, w
-        self.lo, self.hi = orders
-        self.ctx_cnt = np.zeros((self.hi + 1, buckets), np.int64)
-        self.pair_cnt = np.zeros((self.hi + 1, buckets), np.int64)
-
-    def bind(self, tokens: np.ndarray) -> None:
-        self.tok = np.asarray(tokens, dtype=np.int64)
-
-    def _ctx_hash(self, t: int, n: int) -> int:
-        h = 0
-        for v in self.tok[t - n + 1:t]:
-            h = (h * _MUL + int(v) + 1) % _MOD
-        return h
-
-    def _ratios(self, t: int) -> np.ndarray:
-        for n in range(self.hi, self.lo - 1, -1):
-            if t - n + 1 < 0:
-                continue
-            h = self._ctx_hash(t, n)
-            if self.ctx_cnt[n, h % self.B] > 0:
-                pair = (h * _MUL + np.arange(self.V) + 1) % _MOD % self.B
-                return self.pair_cnt[n, pair] / self.ctx_cnt[n, h % self.B]
-        return np.zeros(self.V)
-
-    def distribution(self, positions, model_logp) -> np.ndarray:
-        out = np.empty((len(positions), self.V))
-        for i, t in enumerate(positions):
-            p = (1 - self.w) * np.exp(np.asarray(model_logp[i], np.float64)) + self.w * self._ratios(int(t))
-            out[i] = np.log(np.maximum(p, 1e-300))
-        return out
-
-    def score(self, positions, model_logp, model_entropy=None) -> np.ndarray:
-        d = self.distribution(positions, model_logp)
-        return d[np.arange(len(positions)), self.tok[np.asarray(positions)]]
-
-    def update(self, positions) -> None:
-        for t in (int(t) for t in positions):
-            for n in range(self.lo, self.hi + 1):
-                if t - n + 1 < 0:
-                    break
-                h = self._ctx_hash(t, n)
-                self.ctx_cnt[n, h % self.B] += 1
-                self.pair_cnt[n, (h * _MUL + int(self.tok[t]) + 1) % _MOD % self.B] += 1
-
-    def memory_bytes(self) -> int:
-        return int(self.ctx_cnt.nbytes + self.pair_cnt.nbytes)
 
 
 class HashedRatio(Sliding):
     name = "gallery:hashed-ratio"
 
     def run(self, ctx) -> None:
-        ctx.mixer = HashedRatioMixer(ctx.model.cfg.vocab_size)
+        ctx.mixer = IllegalHashedRatioMixer(ctx.model.cfg.vocab_size)
         ctx.mixer.bind(ctx.data.tokens)
         super().run(ctx)
