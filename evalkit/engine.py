@@ -191,30 +191,48 @@ def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) ->
                   mixer_memory_bytes=int(ctx.mixer.memory_bytes()) if ctx.mixer is not None else 0)
 
 
+def make_mixer(model: GPT, data: EvalData, spec: str | None):
+    """The n-gram mixer for `--ngram spec`, bound to the split (None without a spec)."""
+    if not spec:
+        return None
+    from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
+
+    try:
+        mixer = parse_ngram_spec(model.cfg.vocab_size, spec)
+    except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
+        raise EvalkitError(f"--ngram {spec}: {e}") from e
+    mixer.bind(data.tokens)
+    return mixer
+
+
+def mixer_label(strategy, mixer) -> str:
+    return strategy.label + (f"+{mixer.name}" if mixer is not None else "")
+
+
+def run_timed(strategy, ctx, model: GPT, device: torch.device) -> float:
+    """Wall seconds of `strategy.run(ctx)`, CUDA work included."""
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    strategy.run(ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_config(strategy, spec: str | None, share_mixer: bool, info: DistInfo) -> dict:
+    return {"strategy": strategy.config(), "ngram": spec, "share_mixer": share_mixer,
+            "world_size": info.world_size, "device": str(info.device.type)}
+
+
 def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: str | None = None,
              share_mixer: bool = False, probe_positions: frozenset[int] = frozenset(),
              progress: bool = True) -> tuple[Result, Ledger]:
     """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer."""
-    mixer = None
-    if mixer_spec:
-        from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
-
-        try:
-            mixer = parse_ngram_spec(model.cfg.vocab_size, mixer_spec)
-        except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
-            raise EvalkitError(f"--ngram {mixer_spec}: {e}") from e
-        mixer.bind(data.tokens)
-    label = strategy.label + (f"+{mixer.name}" if mixer is not None else "")
+    mixer = make_mixer(model, data, mixer_spec)
+    label = mixer_label(strategy, mixer)
     ledger = Ledger(data.n_tokens, probe_positions=probe_positions)
     ctx = EvalContext(model, data, ledger, label, info, mixer, share_mixer, progress)
-    model.eval()
-    if info.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    strategy.run(ctx)
-    if info.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    config = {"strategy": strategy.config(), "ngram": mixer_spec, "share_mixer": share_mixer,
-              "world_size": info.world_size, "device": str(info.device.type)}
-    return reduce_result(ctx, label, seconds, config), ledger
+    seconds = run_timed(strategy, ctx, model, info.device)
+    return reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, share_mixer, info)), ledger

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from evalkit.dist import DistInfo
-from evalkit.engine import EvalContext, EvalData, Result, reduce_result
-from evalkit.errors import EvalkitError
+from evalkit.engine import (EvalContext, EvalData, Result, make_mixer, mixer_label, reduce_result, run_config,
+                            run_timed)
 from evalkit.ledger import Ledger
 from evalkit.model import GPT
 from evalkit.strategies.windows import WindowStrategy
@@ -73,19 +73,6 @@ class FanoutContext(EvalContext):
         return self.children[0].full_distribution(positions, logp)
 
 
-def _make_mixer(model: GPT, data: EvalData, spec: str | None):
-    if not spec:
-        return None
-    from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
-
-    try:
-        mixer = parse_ngram_spec(model.cfg.vocab_size, spec)
-    except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
-        raise EvalkitError(f"--ngram {spec}: {e}") from e
-    mixer.bind(data.tokens)
-    return mixer
-
-
 def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_specs: list[str | None],
                   share_mixer: bool = False, progress: bool = True) -> list[FanoutRun]:
     """Run `strategy` once, scoring through one child per entry of `mixer_specs` (None = the
@@ -98,23 +85,15 @@ def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_sp
                          "run it once per mixer")
     children = []
     for spec in mixer_specs:
-        mixer = _make_mixer(model, data, spec)
-        label = strategy.label + (f"+{mixer.name}" if mixer is not None else "")
+        mixer = make_mixer(model, data, spec)
+        label = mixer_label(strategy, mixer)
         children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, share_mixer,
                                     progress=False))
     ctx = FanoutContext(children, progress)
-    model.eval()
-    if info.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    strategy.run(ctx)
-    if info.device.type == "cuda":
-        torch.cuda.synchronize()
-    shared = time.perf_counter() - t0 - sum(ctx.own_seconds)
+    shared = run_timed(strategy, ctx, model, info.device) - sum(ctx.own_seconds)
     runs = []
     for spec, child, own in zip(mixer_specs, children, ctx.own_seconds):
-        config = {"strategy": strategy.config(), "ngram": spec, "share_mixer": share_mixer,
-                  "world_size": info.world_size, "device": str(info.device.type)}
-        result = reduce_result(child, child.strategy_name, shared + own, config)
+        result = reduce_result(child, child.strategy_name, shared + own,
+                               run_config(strategy, spec, share_mixer, info))
         runs.append(FanoutRun(result, child.ledger, own if child.mixer is not None else 0.0))
     return runs
