@@ -23,7 +23,8 @@ from evalkit.audit_checks import (CHALLENGE_SPLIT_TOKENS, CUDA_ATOL, Budget, Che
                                   check_causality, check_isolation, check_ledger, check_normalization,
                                   check_target_independence, document_body, perturb_positions, perturbed,
                                   replacement, run_strategy, sample_positions)
-from evalkit.data import BOS_ID, ByteTable, _load_sp, doc_starts
+from evalkit.data import BOS_ID, ByteTable, doc_starts
+from evalkit.tokenizer import load_sentencepiece
 from evalkit.engine import EvalData
 from evalkit.cli import CliParser, run_cli
 from evalkit.errors import EvalkitError
@@ -69,7 +70,7 @@ def audit_stream(data: EvalData, doc_tokens: int) -> EvalData:
 def decoded_bytes(data: EvalData, tokenizer: str, table: ByteTable) -> int:
     """UTF-8 length of the audited text, decoded segment by segment (cut at boundary
     tokens, where decoding drops a leading space just as the byte rule does)."""
-    sp = _load_sp(tokenizer)
+    sp = load_sentencepiece(tokenizer)
     cuts = np.flatnonzero(table.is_boundary[data.tokens.astype(np.int64)])
     total = 0
     for seg in np.split(data.tokens.astype(np.int64), cuts):

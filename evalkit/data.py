@@ -17,13 +17,12 @@ consecutive blank lines (a single blank line is a paragraph break inside a docum
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import re
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +30,15 @@ import numpy as np
 
 from evalkit.cli import CliParser, run_cli
 from evalkit.errors import EvalkitError
+from evalkit.tokenizer import BOS_ID, SPACE_PIECE, load_sentencepiece, tokenize_documents, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
-BOS_ID = 1
 HEADER_BYTES = HEADER_INTS * 4
 MAX_SHARD_TOKENS = 100_000_000  # the challenge's shard size; keeps any one file < 200 MB
-SPACE_PIECE = "\u2581"  # sentencepiece's '▁', the marker for a preceding space
 
 
 # ---------------------------------------------------------------- shards
@@ -158,19 +156,6 @@ def check_token_range(tokens: np.ndarray, vocab_size: int, source: str) -> None:
 # ---------------------------------------------------------------- byte accounting
 
 
-def _load_sp(model_path: str | Path):
-    import sentencepiece as spm
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise EvalkitError(f"tokenizer {path}: no such file; pass a sentencepiece .model")
-    try:
-        return spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise EvalkitError(f"tokenizer {path}: not a sentencepiece model ({first})") from None
-
-
 @dataclass(frozen=True)
 class ByteTable:
     """The challenge's byte rule: a target y after token x is charged
@@ -183,7 +168,7 @@ class ByteTable:
 
     @classmethod
     def from_sentencepiece(cls, model_path: str | Path, allow_split_space: bool = False) -> ByteTable:
-        sp = _load_sp(model_path)
+        sp = load_sentencepiece(model_path)
         if sp.piece_to_id(SPACE_PIECE) == sp.unk_id() and not allow_split_space:
             # Without a '▁' piece a bare space is byte-fallback tokens and the table
             # under-counts the text (legality rule C9, parameter-golf issue #897).
@@ -233,71 +218,6 @@ def read_byte_sidecar(pattern: str, n_tokens: int, flag: str = "--byte-sidecar")
             f"has {n_tokens}; regenerate the sidecar with the same shards"
         )
     return out
-
-
-# ---------------------------------------------------------------- tokenizers
-
-
-def tokenize_documents(docs: Iterable[str], model_path: str | Path, bos_id: int = BOS_ID) -> np.ndarray:
-    """BOS before each document, then its sentencepiece ids; one uint16 stream."""
-    sp = _load_sp(model_path)
-    if sp.vocab_size() > 65536:
-        raise EvalkitError(f"tokenizer {model_path}: vocab {sp.vocab_size()} does not fit uint16 shards")
-    parts = [np.array([bos_id] + ids, np.uint16) for ids in sp.encode(list(docs), out_type=int)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
-
-
-def train_tokenizer(docs: list[str], vocab_size: int, out_prefix: Path) -> Path:
-    """Train a BPE tokenizer with the challenge's settings; returns OUT_PREFIX.model.
-
-    Settings mirror fineweb_1024_bpe.model's trainer/normalizer spec: BPE, nmt_nfkc, no
-    dummy prefix, split digits, byte fallback, character coverage 0.999, ids pad 0,
-    BOS 1, EOS 2, UNK 3. Documents are fed line by line because sentencepiece silently
-    skips "sentences" longer than max_sentence_length.
-    """
-    import sentencepiece as spm
-
-    if vocab_size < 260 + 8:
-        raise EvalkitError(f"--train-tokenizer {vocab_size}: too small; byte fallback alone needs 260 ids")
-    lines = [ln for doc in docs for ln in doc.split("\n") if ln.strip()]
-    if not lines:
-        raise EvalkitError("--train-tokenizer: the training documents hold no text")
-    out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    spm.set_random_generator_seed(1234)  # makes the input_sentence_size sample repeatable
-    # model_writer instead of model_prefix: the prefix path would be stored in the model,
-    # and the same documents must give a byte-identical file wherever it is written.
-    buf = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_writer=buf,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            character_coverage=0.999,
-            byte_fallback=True,
-            split_digits=True,
-            add_dummy_prefix=False,
-            normalization_rule_name="nmt_nfkc",
-            pad_id=0,
-            bos_id=1,
-            eos_id=2,
-            unk_id=3,
-            hard_vocab_limit=False,
-            num_threads=1,  # one core, and thread scheduling must not change the merges
-            input_sentence_size=200_000,
-            shuffle_input_sentence=True,
-            max_sentence_length=16384,
-            minloglevel=2,
-        )
-    except RuntimeError as e:
-        raise EvalkitError(f"--train-tokenizer {vocab_size}: sentencepiece failed: {e}") from None
-    model = out_prefix.with_name(out_prefix.name + ".model")
-    model.write_bytes(buf.getvalue())
-    sp = _load_sp(model)
-    if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
-        raise EvalkitError(f"--train-tokenizer: trained {model} lacks '▁' as a piece; give more text")
-    return model
 
 
 # ---------------------------------------------------------------- documents
@@ -351,12 +271,12 @@ def prepare(
     out = make_dir(out_dir, "--out")
     model = out / "tokenizer.model"
     if tokenizer is not None:
-        _load_sp(tokenizer)  # fail on a bad model before writing anything
+        load_sentencepiece(tokenizer)  # fail on a bad model before writing anything
         if not model.exists() or not model.samefile(tokenizer):
             shutil.copyfile(tokenizer, model)
     else:
         model = train_tokenizer(train, int(train_vocab), out / "tokenizer")  # train docs only (C6)
-    if _load_sp(model).bos_id() != BOS_ID:
+    if load_sentencepiece(model).bos_id() != BOS_ID:
         raise EvalkitError(f"tokenizer {tokenizer}: BOS id must be {BOS_ID} like the challenge's")
     table = ByteTable.from_sentencepiece(model)
     result: dict = {"tokenizer": model, "vocab_size": table.vocab_size}

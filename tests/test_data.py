@@ -22,11 +22,10 @@ from evalkit.data import (
     read_byte_sidecar,
     read_shard,
     resolve_glob,
-    tokenize_documents,
-    train_tokenizer,
     write_shard,
 )
 from evalkit.errors import EvalkitError
+from evalkit.tokenizer import tokenize_documents, train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 needs_shared = pytest.mark.skipif(
