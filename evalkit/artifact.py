@@ -155,14 +155,16 @@ def read_header(path: str | Path) -> tuple[dict, bytes, bytes]:
         raise EvalkitError(f"{path}: artifact not found; pass the path of a .ptz written by the trainer")
     blob = path.read_bytes()
     if len(blob) < 16 or blob[:8] != MAGIC:
-        hint = " (it looks like a baseline torch.save export: add --baseline-config H.json)" if blob[:2] == b"x\xda" else ""
+        zlib_stream = blob[:2] == b"x\xda"  # the baseline script's export is zlib(torch.save(...))
+        hint = " (it looks like a baseline torch.save export: add --baseline-config H.json)" if zlib_stream else ""
         raise EvalkitError(f"{path}: not an evalkit artifact (bad magic){hint}")
     version, hlen = struct.unpack("<II", blob[8:16])
     if version != FORMAT_VERSION:
         raise EvalkitError(f"{path}: artifact format version {version}, this evalkit reads {FORMAT_VERSION}; "
                            "upgrade evalkit or re-export")
     if 16 + hlen > len(blob):
-        raise EvalkitError(f"{path}: truncated artifact (header runs past the end of the file); re-copy or re-export it")
+        raise EvalkitError(f"{path}: truncated artifact (header runs past the end of the file); "
+                           "re-copy or re-export it")
     try:
         header = json.loads(blob[16:16 + hlen])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

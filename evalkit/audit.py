@@ -44,7 +44,8 @@ def build_parser(prog: str = "python -m evalkit.audit") -> argparse.ArgumentPars
     p.add_argument("--strategy", default="sliding", help="registered strategy to audit (default sliding)")
     p.add_argument("--plugin", default=None, help="audit a user strategy instead: FILE.py:CLASS (evalkit/plugins.py)")
     p.add_argument("--positions", type=int, default=256, help="positions whose full distribution is checked (C2)")
-    p.add_argument("--perturb", type=int, default=4, help="targets replaced one at a time (C1, C3, C5); one re-run each")
+    p.add_argument("--perturb", type=int, default=4,
+                   help="targets replaced one at a time (C1, C3, C5); one re-run each")
     p.add_argument("--doc-tokens", type=int, default=DEFAULT_DOC_TOKENS,
                    help=f"cut each audited document to this many tokens (default {DEFAULT_DOC_TOKENS})")
     p.add_argument("--json", default=None, help="write the checks and provenance to this JSON file")

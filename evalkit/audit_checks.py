@@ -228,7 +228,8 @@ def check_target_independence(base: Run, reruns: dict[int, tuple[int, Run]], ato
             return CheckResult("target independence", "C1,C5", False, tried,
                                f"position {t}: with x_t = {new} instead of the real token, log p_t({j}) = "
                                f"{b.logp[j]:.9g}, expected {a.logp[j]:.9g} (the distribution read the target)")
-    return CheckResult("target independence", "C1,C5", True, tried, "bitwise equal" if atol == 0 else f"|Δ| <= {atol:g}")
+    detail = "bitwise equal" if atol == 0 else f"|Δ| <= {atol:g}"
+    return CheckResult("target independence", "C1,C5", True, tried, detail)
 
 
 def _first_moved(base: Ledger, run: Ledger, mask: np.ndarray, atol: float) -> int | None:

@@ -210,7 +210,8 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         d = cfg.model_dim
-        self.bigram = layers.BigramHash(cfg.vocab_size, cfg.bigram_buckets, cfg.bigram_dim, d) if cfg.bigram_buckets else None
+        self.bigram = (layers.BigramHash(cfg.vocab_size, cfg.bigram_buckets, cfg.bigram_dim, d)
+                       if cfg.bigram_buckets else None)
         self.smear = layers.SmearGate(d, cfg.smear_window) if cfg.smear_gate else None
         self.enrich = layers.PreEnrich(d, cfg.pre_enrich_hidden) if cfg.pre_enrich_hidden else None
         # Virtual layers: physical blocks in run order (depth recurrence repeats some).

@@ -67,7 +67,8 @@ def load_plugin(spec: str) -> type:
     cls = getattr(module, name, None)
     if cls is None:
         found = sorted(k for k, v in vars(module).items() if isinstance(v, type) and hasattr(v, "run"))
-        raise EvalkitError(f"--plugin {spec}: {path} defines no {name!r}; strategies there: {', '.join(found) or 'none'}")
+        raise EvalkitError(f"--plugin {spec}: {path} defines no {name!r}; "
+                           f"strategies there: {', '.join(found) or 'none'}")
     if not isinstance(cls, type):
         raise EvalkitError(f"--plugin {spec}: {name} is a {type(cls).__name__}, expected a strategy class")
     missing = [m for m in _REQUIRED if not callable(getattr(cls, m, None))]

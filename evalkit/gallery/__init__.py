@@ -24,7 +24,8 @@ class GalleryEntry:
 
 
 GALLERY = [
-    GalleryEntry("hashed_ratio.py", "HashedRatio", "normalization", "hashed n-gram count ratios (PR #886, #1147, #978)"),
+    GalleryEntry("hashed_ratio.py", "HashedRatio", "normalization",
+                 "hashed n-gram count ratios (PR #886, #1147, #978)"),
     GalleryEntry("target_backoff.py", "TargetKeyedBackoff", "target independence",
                  "backoff to the highest order where count(ctx, x_t) > 0"),
     GalleryEntry("min_nll.py", "MinNllTwoPasses", "ledger", "min-NLL over passes (PR #568, #573)"),

@@ -32,7 +32,8 @@ CHECKS = ["normalization", "target independence", "causality", "ledger", "doc is
 MIX, TILT = "mix:orders=2-4", "tilt:orders=2-4"
 
 
-def synthetic_stream(n_docs: int = 6, doc_len: int = 260, vocab: int = 1024, seed: int = 0) -> tuple[EvalData, ByteTable]:
+def synthetic_stream(n_docs: int = 6, doc_len: int = 260, vocab: int = 1024,
+                     seed: int = 0) -> tuple[EvalData, ByteTable]:
     """Documents of phrases drawn from a small phrase book: contexts repeat, as in text."""
     rng = np.random.default_rng(seed)
     book = [rng.integers(2, vocab, size=rng.integers(3, 9)) for _ in range(40)]
@@ -132,10 +133,12 @@ def main(argv: list[str]) -> int:
         all_ok &= ok
         if entry:
             failures += [f"{label}: {c.detail}" for c in checks if c.name == entry.check]
-    print(markdown_table(rows, [("strategy", "strategy", "")] + [(c, c, "") for c in CHECKS] + [("verdict", "verdict", "")]))
+    columns = [("strategy", "strategy", "")] + [(c, c, "") for c in CHECKS] + [("verdict", "verdict", "")]
+    print(markdown_table(rows, columns))
     print("* the check each illegal entry must fail; ! a result the self-test did not expect")
     print("\nwhat the gallery's failures say:")
     print("\n".join(f"- {f}" for f in failures))
     print(f"\n{len(rows)} strategies on a tiny random model and a synthetic stream, {time.perf_counter() - t0:.1f} s: "
-          + ("every built-in passes, every illegal entry fails its check" if all_ok else "SELF-TEST FAILED (! marks it)"))
+          + ("every built-in passes, every illegal entry fails its check" if all_ok
+             else "SELF-TEST FAILED (! marks it)"))
     return 0 if all_ok else 1
