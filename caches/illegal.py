@@ -13,7 +13,19 @@ import numpy as np
 _MUL, _MOD = 1_000_003, 1 << 31
 
 
-class IllegalHashedRatioMixer:
+class SlowMixer:
+    """Base of the illegal fixtures (here and in evalkit/gallery/): `score` is simply the
+    full `distribution` read at the target, so only `distribution` and `update` differ."""
+
+    def bind(self, tokens: np.ndarray) -> None:
+        self.tok = np.asarray(tokens, dtype=np.int64)
+
+    def score(self, positions, model_logp, model_entropy=None) -> np.ndarray:
+        d = self.distribution(positions, model_logp)
+        return d[np.arange(len(positions)), self.tok[np.asarray(positions)]]
+
+
+class IllegalHashedRatioMixer(SlowMixer):
     """The hashed-bucket ratio, vectorised over the alphabet so the audit's self-test stays fast."""
 
     name = "illegal-hashed"
@@ -23,9 +35,6 @@ class IllegalHashedRatioMixer:
         self.lo, self.hi = orders
         self.ctx_cnt = np.zeros((self.hi + 1, buckets), np.int64)
         self.pair_cnt = np.zeros((self.hi + 1, buckets), np.int64)
-
-    def bind(self, tokens: np.ndarray) -> None:
-        self.tok = np.asarray(tokens, dtype=np.int64)
 
     def _ctx_hash(self, t: int, n: int) -> int:
         h = 0
@@ -49,10 +58,6 @@ class IllegalHashedRatioMixer:
             p = (1 - self.w) * np.exp(np.asarray(model_logp[i], np.float64)) + self.w * self._ratios(int(t))
             out[i] = np.log(np.maximum(p, 1e-300))
         return out
-
-    def score(self, positions, model_logp, model_entropy=None) -> np.ndarray:
-        d = self.distribution(positions, model_logp)
-        return d[np.arange(len(positions)), self.tok[np.asarray(positions)]]
 
     def update(self, positions) -> None:
         for t in (int(t) for t in positions):

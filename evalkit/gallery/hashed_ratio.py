@@ -8,13 +8,11 @@ strategy's full distribution and FAILS it. The mixer itself is the fixture in ca
 from __future__ import annotations
 
 from caches.illegal import IllegalHashedRatioMixer
-from evalkit.strategies.windows import Sliding
+from evalkit.gallery.mixing import SlidingWithMixer
 
 
-class HashedRatio(Sliding):
+class HashedRatio(SlidingWithMixer):
     name = "gallery:hashed-ratio"
 
-    def run(self, ctx) -> None:
-        ctx.mixer = IllegalHashedRatioMixer(ctx.model.cfg.vocab_size)
-        ctx.mixer.bind(ctx.data.tokens)
-        super().run(ctx)
+    def make_mixer(self, ctx) -> IllegalHashedRatioMixer:
+        return IllegalHashedRatioMixer(ctx.model.cfg.vocab_size)

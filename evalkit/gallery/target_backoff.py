@@ -11,18 +11,16 @@ from collections import defaultdict
 
 import numpy as np
 
-from evalkit.strategies.windows import Sliding
+from caches.illegal import SlowMixer
+from evalkit.gallery.mixing import SlidingWithMixer
 
 
-class TargetBackoffMixer:
+class TargetBackoffMixer(SlowMixer):
     name = "target-backoff"
 
     def __init__(self, vocab_size: int, orders: tuple[int, ...] = (3, 2), w: float = 0.5):
         self.V, self.orders, self.w = vocab_size, orders, w
         self.counts = {n: defaultdict(lambda: defaultdict(int)) for n in orders}
-
-    def bind(self, tokens: np.ndarray) -> None:
-        self.tok = np.asarray(tokens, dtype=np.int64)
 
     def _ctx(self, t: int, n: int) -> tuple:
         return tuple(int(v) for v in self.tok[max(0, t - n + 1):t])
@@ -41,10 +39,6 @@ class TargetBackoffMixer:
             out[i] = np.log(np.maximum(p, 1e-300))
         return out
 
-    def score(self, positions, model_logp, model_entropy=None) -> np.ndarray:
-        d = self.distribution(positions, model_logp)
-        return d[np.arange(len(positions)), self.tok[np.asarray(positions)]]
-
     def update(self, positions) -> None:
         for t in (int(t) for t in positions):
             for n in self.orders:
@@ -54,10 +48,8 @@ class TargetBackoffMixer:
         return 0
 
 
-class TargetKeyedBackoff(Sliding):
+class TargetKeyedBackoff(SlidingWithMixer):
     name = "gallery:target-backoff"
 
-    def run(self, ctx) -> None:
-        ctx.mixer = TargetBackoffMixer(ctx.model.cfg.vocab_size)
-        ctx.mixer.bind(ctx.data.tokens)
-        super().run(ctx)
+    def make_mixer(self, ctx) -> TargetBackoffMixer:
+        return TargetBackoffMixer(ctx.model.cfg.vocab_size)

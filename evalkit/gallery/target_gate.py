@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.strategies.windows import Sliding
+from caches.illegal import SlowMixer
+from evalkit.gallery.mixing import SlidingWithMixer
 
 
-class TargetGateMixer:
+class TargetGateMixer(SlowMixer):
     name = "target-gate"
 
     def __init__(self, vocab_size: int, target_bytes: np.ndarray):
         self.V, self.target_bytes = vocab_size, target_bytes
         self.counts = np.ones(vocab_size)  # add-one unigram cache of scored tokens
 
-    def bind(self, tokens: np.ndarray) -> None:
-        self.tok = np.asarray(tokens, dtype=np.int64)
-
     def distribution(self, positions, model_logp) -> np.ndarray:
         p_model = np.exp(np.asarray(model_logp, np.float64))
         w = np.where(self.target_bytes[np.asarray(positions)] >= 4, 0.6, 0.05)[:, None]  # reads x_t
         p = (1 - w) * p_model + w * (self.counts / self.counts.sum())[None, :]
         return np.log(np.maximum(p, 1e-300))
-
-    def score(self, positions, model_logp, model_entropy=None) -> np.ndarray:
-        d = self.distribution(positions, model_logp)
-        return d[np.arange(len(positions)), self.tok[np.asarray(positions)]]
 
     def update(self, positions) -> None:
         np.add.at(self.counts, self.tok[np.asarray(positions, dtype=np.int64)], 1)
@@ -40,10 +34,8 @@ class TargetGateMixer:
         return int(self.counts.nbytes)
 
 
-class TargetLengthGate(Sliding):
+class TargetLengthGate(SlidingWithMixer):
     name = "gallery:target-gate"
 
-    def run(self, ctx) -> None:
-        ctx.mixer = TargetGateMixer(ctx.model.cfg.vocab_size, ctx.data.target_bytes)
-        ctx.mixer.bind(ctx.data.tokens)
-        super().run(ctx)
+    def make_mixer(self, ctx) -> TargetGateMixer:
+        return TargetGateMixer(ctx.model.cfg.vocab_size, ctx.data.target_bytes)
