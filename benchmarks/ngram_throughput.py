@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
-from caches import kernels  # noqa: E402
+from caches import store  # noqa: E402
 from caches.mixer import parse_ngram_spec  # noqa: E402
 from caches.predictors import row_entropy  # noqa: E402
 
@@ -57,7 +57,7 @@ def cold_compile_seconds() -> float:
     """Compile time of every kernel in a fresh process with an empty Numba cache."""
     with tempfile.TemporaryDirectory() as d:
         env = {**os.environ, "NUMBA_CACHE_DIR": d, "PYTHONPATH": str(REPO)}
-        out = subprocess.run([sys.executable, "-c", "from caches import kernels; print(kernels.warmup())"],
+        out = subprocess.run([sys.executable, "-c", "from caches import store; print(store.warmup())"],
                              env=env, capture_output=True, text=True, check=True, cwd=REPO)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -97,7 +97,7 @@ def main() -> None:
 
     if not args.no_cold_compile:
         print(f"compile_seconds_cold {cold_compile_seconds():.2f}  (all kernels, empty Numba cache)")
-    print(f"compile_seconds_this_process {kernels.warmup():.2f}  (on-disk cache load if warm)")
+    print(f"compile_seconds_this_process {store.warmup():.2f}  (on-disk cache load if warm)")
     toks = load_stream(args.tokens, permute=not args.plain_repeat)
     print(f"stream {toks.shape[0]} tokens, {'plain repeat' if args.plain_repeat else 'permuted repeats'},"
           f" segment {args.segment}, orders {args.orders}")

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evalkit.dist import DistInfo  # noqa: E402
-from evalkit.engine import EvalData, evaluate  # noqa: E402
-from evalkit.model import GPT, GPTConfig  # noqa: E402
-from evalkit.strategies import build_strategy  # noqa: E402
+from evalkit.engine.dist import DistInfo  # noqa: E402
+from evalkit.engine.context import EvalData  # noqa: E402
+from evalkit.engine.loop import evaluate  # noqa: E402
+from evalkit.model.gpt import GPT, GPTConfig  # noqa: E402
+from evalkit.strategies.registry import build_strategy  # noqa: E402
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
-from evalkit.dist import DistInfo  # noqa: E402
-from evalkit.engine import evaluate  # noqa: E402
-from evalkit.inputs import load_data, load_model  # noqa: E402
-from evalkit.model import GPT, GPTConfig  # noqa: E402
-from evalkit.strategies import add_common_args, build_strategy  # noqa: E402
+from evalkit.engine.dist import DistInfo  # noqa: E402
+from evalkit.engine.loop import evaluate  # noqa: E402
+from evalkit.engine.inputs import load_data, load_model  # noqa: E402
+from evalkit.model.gpt import GPT, GPTConfig  # noqa: E402
+from evalkit.strategies.registry import add_common_args, build_strategy  # noqa: E402
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:

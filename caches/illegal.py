@@ -14,7 +14,7 @@ _MUL, _MOD = 1_000_003, 1 << 31
 
 
 class SlowMixer:
-    """Base of the illegal fixtures (here and in evalkit/gallery/): `score` is simply the
+    """Base of the illegal fixtures (here and in evalkit/audit/gallery/): `score` is simply the
     full `distribution` read at the target, so only `distribution` and `update` differ."""
 
     def bind(self, tokens: np.ndarray) -> None:

@@ -8,7 +8,6 @@ token stream, not learned state: score still reads the counts only.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from numba import njit
@@ -260,38 +259,3 @@ def entropy_kernel(logp, out):
             if v > -np.inf:
                 acc -= np.exp(v) * v
         out[i] = acc
-
-
-_COMPILE_SECONDS: float | None = None
-
-
-def warmup() -> float:
-    """Compile (or load from the on-disk cache) every kernel once; returns the seconds taken.
-
-    The first call in a fresh checkout is the Numba compile time; later processes load the
-    cache (``cache=True``) and take well under a second. The value is memoised. The score
-    kernel is compiled for the row types the engine (float32) and the benchmark (a read-only
-    broadcast float64 view) pass; other row types compile on first use.
-    """
-    global _COMPILE_SECONDS
-    if _COMPILE_SECONDS is not None:
-        return _COMPILE_SECONDS
-    from .store import NgramStore
-    t0 = time.perf_counter()
-    st = NgramStore(8, 2, 3, capacity=64)
-    st.bind(np.arange(8, dtype=np.uint16) % 3)
-    pos = np.arange(8, dtype=np.int64)
-    ent = np.ones(8)
-    out = np.zeros(8)
-    for lp in (np.full((8, 8), -1.0, np.float32), np.broadcast_to(np.full(8, -1.0), (8, 8))):
-        score_mix_kernel(st.tab, st.side, st.unigram, st.meta, 8, st.tokens, pos, lp, ent, 2, 3,
-                         0.3, 1.0, 1.0, 1.0, st.ck, st.pk, st.memo, st.stat, out)
-    st.update(pos)
-    rehash_kernel(st.tab, np.zeros((96, 2), np.uint64))
-    wb_full_kernel(st.tab, st.side, st.unigram, 8, 8, st.tokens, 5, 2, 3, np.zeros(8))
-    tilt_hint_kernel(st.tab, st.side, st.tokens, pos, ent, 2, 3, 1.0, 1.0, 1.0, st.ck, st.pk,
-                     st.memo, st.stat, np.zeros(8, np.int64), np.zeros(8))
-    entropy_kernel(np.zeros((2, 8), np.float32), out)
-    entropy_kernel(np.zeros((2, 8), np.float64), out)
-    _COMPILE_SECONDS = time.perf_counter() - t0
-    return _COMPILE_SECONDS

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from evalkit.corpus import build_demo_data
+from evalkit.data.corpus import build_demo_data
 from evalkit.cli import CliParser, run_cli
 from evalkit.errors import EvalkitError
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.artifact import save_artifact
-from evalkit.model import GPT, GPTConfig
-from evalkit.quant import QuantSpec, quantize_state_dict
+from evalkit.model.artifact import save_artifact
+from evalkit.model.gpt import GPT, GPTConfig
+from evalkit.model.quant import QuantSpec, quantize_state_dict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SP1024 = SHARED / "tokenizers" / "fineweb_1024_bpe.model"

@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from evalkit import ablate
-from evalkit.artifact import save_artifact
-from evalkit.cost import FULL_SPLIT_TOKENS, model_passes, projected_8xh100_seconds
+from evalkit.ablate import command as ablate
+from evalkit.model.artifact import save_artifact
+from evalkit.engine.cost import FULL_SPLIT_TOKENS, model_passes, projected_8xh100_seconds
 from evalkit.errors import EvalkitError
-from evalkit.grid import load_grid, per_run_actions
-from evalkit.model import estimate_forward_flops
-from evalkit.quant import QuantSpec, quantize_state_dict
+from evalkit.ablate.grid import load_grid, per_run_actions
+from evalkit.model.gpt import estimate_forward_flops
+from evalkit.model.quant import QuantSpec, quantize_state_dict
 from tests.conftest import SP1024, VAL1024, random_model, require_shared, tiny_config
 
 FAST = ["--limit-docs", "3", "--no-progress", "--seq-len", "32", "--stride", "32", "--batch-windows", "8", "--bootstrap", "199"]

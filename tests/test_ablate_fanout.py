@@ -4,10 +4,11 @@ import argparse
 import numpy as np
 import pytest
 
-from evalkit.dist import DistInfo
-from evalkit.engine import EvalData, evaluate
-from evalkit.fanout import evaluate_many
-from evalkit.strategies import Strategy, build_strategy
+from evalkit.engine.dist import DistInfo
+from evalkit.engine.context import EvalData
+from evalkit.engine.loop import evaluate
+from evalkit.engine.fanout import evaluate_many
+from evalkit.strategies.registry import Strategy, build_strategy
 from tests.conftest import random_model, tiny_config
 
 SPECS = [None, "mix:orders=2-4", "tilt:orders=2-3"]

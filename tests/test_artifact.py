@@ -4,9 +4,10 @@ import struct
 import pytest
 import torch
 
-from evalkit.artifact import MAGIC, counted_code_bytes, load_artifact, main, save_artifact
+from evalkit.model.artifact import MAGIC, counted_code_bytes, load_artifact, save_artifact
+from evalkit.artifact import main
 from evalkit.errors import EvalkitError
-from evalkit.quant import QuantSpec, dequantize_rows, quantize_rows, quantize_state_dict
+from evalkit.model.quant import QuantSpec, dequantize_rows, quantize_rows, quantize_state_dict
 from tests.conftest import random_model, tiny_config
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.audit_checks import Budget, Subject, check_budget, check_ledger, run_strategy
-from evalkit.dist import DistInfo
-from evalkit.gallery import GALLERY
-from evalkit.gallery.selftest import opts_for, run_matrix, synthetic_stream
-from evalkit.strategies.windows import Sliding
+from evalkit.audit.checks import Budget, Subject, check_budget, check_ledger, run_strategy
+from evalkit.engine.dist import DistInfo
+from evalkit.audit.gallery import GALLERY
+from evalkit.audit.selftest import opts_for, run_matrix, synthetic_stream
+from evalkit.strategies.sliding import Sliding
 from tests.conftest import random_model, tiny_config
 
 
@@ -50,7 +50,7 @@ class _SkipsTail(Sliding):
     name = "test:skips-tail"
 
     def run(self, ctx) -> None:
-        from evalkit.strategies.windows import run_windows
+        from evalkit.strategies.sliding import run_windows
         run_windows(ctx, [w for w in self.plan(ctx.data) if w.end < ctx.data.n_tokens], 4)
 
 
@@ -73,7 +73,7 @@ def test_budget_limits() -> None:
 
 
 def test_perturbation_never_touches_bos() -> None:
-    from evalkit.audit_checks import perturb_positions, replacement
+    from evalkit.audit.checks import perturb_positions, replacement
     data, table = synthetic_stream()
     for t in perturb_positions(data, 6, 64):
         assert data.tokens[t] != 1 and t - 1 not in set(data.doc_starts.tolist())

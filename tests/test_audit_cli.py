@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from evalkit.audit import main
+from evalkit.audit.command import main
 from tests.conftest import SP1024, VAL1024, require_shared
 
 SMALL = ["--limit-docs", "3", "--doc-tokens", "160", "--positions", "24", "--perturb", "2", "--seq-len", "64",
@@ -25,14 +25,14 @@ def test_cli_passes_sliding_and_writes_json(tiny_artifact, tmp_path, capsys) -> 
 
 def test_cli_plugin_fails_with_exit_1(tiny_artifact, capsys) -> None:
     require_shared()
-    assert main(_args(tiny_artifact, "--plugin", "evalkit/gallery/hashed_ratio.py:HashedRatio")) == 1
+    assert main(_args(tiny_artifact, "--plugin", "evalkit/audit/gallery/hashed_ratio.py:HashedRatio")) == 1
     assert "| normalization | C2 | FAIL |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, needle", [
     (["--plugin", "nope.py:X"], "--plugin nope.py:X: nope.py is not a Python file"),
-    (["--plugin", "evalkit/gallery/hashed_ratio.py"], "expected FILE.py:NAME"),
-    (["--plugin", "evalkit/gallery/hashed_ratio.py:Nope"], "defines no 'Nope'; strategies there: HashedRatio"),
+    (["--plugin", "evalkit/audit/gallery/hashed_ratio.py"], "expected FILE.py:NAME"),
+    (["--plugin", "evalkit/audit/gallery/hashed_ratio.py:Nope"], "defines no 'Nope'; strategies there: HashedRatio"),
     (["--ngram", "mix:orders=2-3", "--ngram", "tilt:orders=2-3"], "audit one combination at a time"),
     (["--strategy", "nope"], "--strategy nope: unknown"),
 ])

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evalkit.data import ByteTable, load_stream
+from evalkit.data.shards import ByteTable, load_stream
 from evalkit.score import main
 from tests.conftest import SP1024, VAL1024, random_model, require_shared, tiny_config
 

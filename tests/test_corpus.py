@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit import corpus
-from evalkit.corpus import TARBALL, build_corpus, fetch_tarball, read_works, split_document, strip_gutenberg
+from evalkit.data import corpus
+from evalkit.data.corpus import TARBALL, build_corpus, fetch_tarball, read_works, split_document, strip_gutenberg
 from evalkit.errors import EvalkitError
 
 

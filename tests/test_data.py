@@ -12,20 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalkit.data import (
-    BOS_ID,
-    ByteTable,
-    check_token_range,
-    doc_starts,
-    load_stream,
-    main,
-    read_byte_sidecar,
-    read_shard,
-    resolve_glob,
-    write_shard,
-)
+from evalkit.data.tokenizer import BOS_ID
+from evalkit.data.shards import ByteTable, check_token_range, doc_starts, load_stream, read_byte_sidecar, read_shard, resolve_glob, write_shard
+from evalkit.data.prepare import main
 from evalkit.errors import EvalkitError
-from evalkit.tokenizer import tokenize_documents, train_tokenizer
+from evalkit.data.tokenizer import tokenize_documents, train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 needs_shared = pytest.mark.skipif(

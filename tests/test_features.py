@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit import layers
-from evalkit.model import GPT
+from evalkit.model import layers
+from evalkit.model.gpt import GPT
 from tests.conftest import random_model, tiny_config
 
 FEATURES = {
@@ -109,7 +109,7 @@ def test_layer_order_recurrence():
 
 
 def test_partial_rope_leaves_other_dims():
-    from evalkit.model import Rotary, apply_rotary
+    from evalkit.model.gpt import Rotary, apply_rotary
     x = torch.randn(1, 1, 6, 16)
     cos, sin = Rotary(4, 10000.0)(6, x.device, x.dtype)
     out = apply_rotary(x, cos, sin)

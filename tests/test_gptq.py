@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.quant import dequantize_entry, dequantize_rows, quantize_rows
+from evalkit.model.quant import dequantize_entry, dequantize_rows, quantize_rows
 from trainer.gptq import gptq_quantize
 from trainer.lqer import add_lqer, lowrank_factors
 from trainer.qat import fake_quant

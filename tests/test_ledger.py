@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evalkit.ledger import Ledger, LedgerViolation
+from evalkit.engine.ledger import Ledger, LedgerViolation
 
 
 def test_records_scores_in_order_and_coverage():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from evalkit.errors import EvalkitError
-from evalkit.lora import AdapterSet, BatchedLoRA, parse_targets
+from evalkit.model.lora import AdapterSet, BatchedLoRA, parse_targets
 from tests.conftest import random_model, tiny_config
 
 

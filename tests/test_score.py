@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from evalkit.data import ByteTable, load_stream, write_shard
+from evalkit.data.shards import ByteTable, load_stream, write_shard
 from evalkit.score import main
 from tests.conftest import SP1024, SP8192, VAL1024, require_shared
 
@@ -22,7 +22,7 @@ def score(tmp_path, artifact, *extra, val=None):
 
 def reference_nll(artifact, tokens):
     """Slow path: one full-context forward over the whole (short) stream."""
-    from evalkit.inputs import load_model
+    from evalkit.engine.inputs import load_model
     model = load_model(str(artifact), torch.device("cpu")).model
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.from_numpy(tokens[:-1].astype(np.int64))[None]).float(), -1)[0]

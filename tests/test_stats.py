@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from evalkit import stats
-from evalkit.stats import DocSums, compare, resample_sums
+from evalkit.ablate import stats
+from evalkit.ablate.stats import DocSums, compare, resample_sums
 
 LN2 = math.log(2)
 

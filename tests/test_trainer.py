@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.artifact import load_artifact
-from evalkit.data import write_shard
+from evalkit.model.artifact import load_artifact
+from evalkit.data.shards import write_shard
 from evalkit.errors import EvalkitError
-from evalkit.inputs import load_model
+from evalkit.engine.inputs import load_model
 from tests.conftest import VAL1024, require_shared
 from trainer.averaging import EMA, SWA
 from trainer.config import available, load_preset, parse_override
@@ -30,7 +30,7 @@ def test_every_preset_ships_and_loads():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
 def test_full_scale_parameter_count_matches_the_recipe(name):
-    from evalkit.model import GPT
+    from evalkit.model.gpt import GPT
     with torch.device("meta"):  # count without allocating 30M floats
         n = GPT(load_preset(name, "full").model).num_params()
     assert abs(n - PUBLISHED_PARAMS[name]) / PUBLISHED_PARAMS[name] < 0.005
@@ -82,7 +82,7 @@ TINY = ["model.num_layers=2", "model.model_dim=64", "train_seq_len=64", "batch_t
 @pytest.fixture
 def train_glob(tmp_path):
     require_shared()
-    from evalkit.data import read_shard
+    from evalkit.data.shards import read_shard
     write_shard(tmp_path / "t_train_000000.bin", read_shard(VAL1024)[:20000])
     return str(tmp_path / "t_train_*.bin")
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from evalkit.data import read_shard
+from evalkit.data.shards import read_shard
 from trainer.captok import CAP_MARK, decode_case, encode_case, encode_docs, prepare
 
 TEXTS = ["The Quick brown FOX jumps.  Twice,  over Éclair and Ωmega in İstanbul.",

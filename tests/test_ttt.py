@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.dist import DistInfo
-from evalkit.engine import EvalContext, EvalData, evaluate
+from evalkit.engine.dist import DistInfo
+from evalkit.engine.context import EvalContext, EvalData
+from evalkit.engine.loop import evaluate
 from evalkit.errors import EvalkitError
-from evalkit.ledger import LedgerViolation
-from evalkit.lora import AdapterSet
-from evalkit.strategies import add_common_args, build_strategy
+from evalkit.engine.ledger import LedgerViolation
+from evalkit.model.lora import AdapterSet
+from evalkit.strategies.registry import add_common_args, build_strategy
 from evalkit.strategies.ttt import plan_queue
-from evalkit.windows import document_ranges
+from evalkit.engine.windows import document_ranges
 from tests.conftest import random_model, tiny_config
 
 DOC_LENS = (41, 30, 23, 9, 2, 17)  # tokens after each BOS; one document shorter than a chunk
@@ -101,7 +102,7 @@ class RecordingContext(EvalContext):
 
 
 def test_score_before_step_and_no_step_after_last_chunk(monkeypatch):
-    import evalkit.engine as engine
+    import evalkit.engine.loop as engine
 
     RecordingContext.events = []
     monkeypatch.setattr(engine, "EvalContext", RecordingContext)

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from evalkit.dist import DistInfo
+from evalkit.engine.dist import DistInfo
 from tests.conftest import random_model, tiny_config
 from tests.test_ttt import run_ttt, synth_data
 

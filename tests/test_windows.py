@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evalkit.windows import (Window, document_ranges, plan_doc_isolated, plan_flat, plan_range, plan_sliding,
+from evalkit.engine.windows import (Window, document_ranges, plan_doc_isolated, plan_flat, plan_range, plan_sliding,
                              scored_counts)
 
 

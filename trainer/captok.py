@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from evalkit.cli import CliParser, run_cli
-from evalkit.data import BOS_ID, make_dir, read_documents, write_shards
+from evalkit.data.tokenizer import BOS_ID
+from evalkit.data.prepare import make_dir, read_documents
+from evalkit.data.shards import write_shards
 from evalkit.errors import EvalkitError
 
 CAP_MARK = "\ue000"  # a private-use character: never in normal text, 3 UTF-8 bytes

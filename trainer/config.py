@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
-from evalkit.model import GPTConfig
+from evalkit.model.gpt import GPTConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 

@@ -12,9 +12,9 @@ from dataclasses import asdict
 
 from torch import Tensor
 
-from evalkit.artifact import save_artifact
-from evalkit.model import GPTConfig
-from evalkit.quant import QuantSpec, quantize_state_dict
+from evalkit.model.artifact import save_artifact
+from evalkit.model.gpt import GPTConfig
+from evalkit.model.quant import QuantSpec, quantize_state_dict
 from trainer.config import ExportConfig
 
 log = logging.getLogger(__name__)

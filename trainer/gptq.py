@@ -1,7 +1,7 @@
 """GPTQ (Frantar et al. 2022) as the records use it (PR #1938): per-row int-b weights
 chosen column by column, each column's rounding error pushed onto the columns not yet
 quantized through the inverse Hessian of the layer's inputs, H = X^T X. Hessians come
-from training batches only (legality C6). Scales are evalkit.quant's per-row scales, so
+from training batches only (legality C6). Scales are evalkit.model.quant's per-row scales, so
 the entries are ordinary {"kind": "q"} entries the engine already reads.
 """
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from evalkit.model import GPT, Linear
+from evalkit.model.gpt import GPT
+from evalkit.model.layers import Linear
 
 BLOCK = 128  # columns per lazy-update block (the paper's choice)
 

@@ -13,7 +13,8 @@ import math
 import torch
 
 from evalkit.errors import EvalkitError
-from evalkit.model import GPT, Linear
+from evalkit.model.gpt import GPT
+from evalkit.model.layers import Linear
 
 
 @torch.no_grad()

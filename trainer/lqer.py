@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from evalkit.quant import dequantize_entry, dequantize_rows, quantization_error, quantize_rows
+from evalkit.model.quant import dequantize_entry, dequantize_rows, quantization_error, quantize_rows
 
 
 def lowrank_factors(err: Tensor, rank: int, bits: int) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from evalkit.quant import CONTROL_PATTERNS
+from evalkit.model.quant import CONTROL_PATTERNS
 
 # Quintic Newton-Schulz coefficients from modded-nanogpt: they push singular values into
 # ~[0.7, 1.2] in 5 steps, which is all Muon needs (an exact polar factor is not required).

@@ -12,8 +12,8 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from evalkit.model import Linear
-from evalkit.quant import dequantize_rows, keep_float, quantize_rows
+from evalkit.model.layers import Linear
+from evalkit.model.quant import dequantize_rows, keep_float, quantize_rows
 from trainer.config import ExportConfig
 from trainer.export import quant_spec
 

@@ -16,12 +16,12 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from evalkit.data import check_token_range, load_stream, resolve_glob
-from evalkit.dist import DistInfo, init_dist, shutdown
+from evalkit.data.shards import check_token_range, load_stream, resolve_glob
+from evalkit.engine.dist import DistInfo, init_dist, shutdown
 from evalkit.cli import CliParser, run_cli
 from evalkit.errors import EvalkitError
-from evalkit.model import GPT
-from evalkit.report import provenance
+from evalkit.model.gpt import GPT
+from evalkit.engine.report import provenance
 from trainer.averaging import EMA, SWA
 from trainer.config import Preset, available, load_preset
 from trainer.export import export_artifact

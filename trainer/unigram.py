@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from evalkit.data import ByteTable, load_stream, read_byte_sidecar
+from evalkit.data.shards import ByteTable, load_stream, read_byte_sidecar
 from evalkit.cli import CliParser, run_cli
 
 

@@ -22,13 +22,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from evalkit.dist import barrier
+from evalkit.engine.dist import barrier
 from evalkit.errors import EvalkitError
-from evalkit.lora import AdapterSet, parse_targets
-from evalkit.strategies import Strategy, register
-from evalkit.windows import document_ranges
-
-Doc = tuple[int, int, int]  # (document index, first target, one past the last target)
+from evalkit.model.lora import AdapterSet, parse_targets
+from evalkit.strategies.registry import Strategy, register
+from evalkit.engine.windows import Doc, document_ranges
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from evalkit.errors import EvalkitError
-from evalkit.lora import TARGETS
+from evalkit.engine.windows import Doc
+from evalkit.model.lora import TARGETS
 
-Doc = tuple[int, int, int]
 
 
 def add_phase_args(g: argparse._ArgumentGroup) -> None:

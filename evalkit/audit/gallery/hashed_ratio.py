@@ -1,0 +1,18 @@
+"""ILLEGAL (rule C2): a hashed-bucket count-ratio n-gram cache mixed into the model.
+
+Public case: openai/parameter-golf PR #886, #1147, #978 scored
+count(bucket(ctx, x_t)) / count(bucket(ctx)). Buckets collide, so over the whole alphabet
+these "probabilities" summed to ~277-1000. The audit's normalization check sums the
+strategy's full distribution and FAILS it. The mixer itself is the fixture in caches/illegal.py.
+"""
+from __future__ import annotations
+
+from caches.illegal import IllegalHashedRatioMixer
+from evalkit.audit.gallery.mixing import SlidingWithMixer
+
+
+class HashedRatio(SlidingWithMixer):
+    name = "gallery:hashed-ratio"
+
+    def make_mixer(self, ctx) -> IllegalHashedRatioMixer:
+        return IllegalHashedRatioMixer(ctx.model.cfg.vocab_size)

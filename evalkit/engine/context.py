@@ -1,0 +1,133 @@
+"""What a strategy sees: the split (`EvalData`) and its one door to the ledger (`EvalContext`).
+
+`EvalContext.score` fixes scores (model log-probs -> optional n-gram mixer -> ledger) and
+`after_scoring` / `tokens_for_learning` are the only ways state may learn from a token, so
+every built-in is score-first by construction and the audit can check it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evalkit.engine.dist import DistInfo, all_gather_arrays
+from evalkit.engine.ledger import Ledger
+from evalkit.model.gpt import GPT
+
+
+@dataclass
+class EvalData:
+    """The validation split as the engine sees it."""
+
+    tokens: np.ndarray  # uint16 (N,) the whole stream, documents starting at BOS
+    target_bytes: np.ndarray  # int64 (N,) bytes charged to each target (0 at position 0)
+    doc_starts: np.ndarray  # int64 (D,) position of each document's BOS
+    source: str = ""  # the --val glob, for reports
+    sha256: str = field(default="")  # of the token stream, so results name their data
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(np.ascontiguousarray(self.tokens).tobytes()).hexdigest()
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.size)
+
+    def doc_of_target(self) -> np.ndarray:
+        """int64 (N,) document index owning each target (position 0 -> document 0);
+        a document owns its targets up to and including the next document's BOS."""
+        pos = np.arange(self.n_tokens, dtype=np.int64)
+        return np.maximum(np.searchsorted(self.doc_starts, pos - 1, side="right") - 1, 0)
+
+
+class EvalContext:
+    """What a strategy may touch while it runs: the model, the tokens, and the ledger
+    through `score` (fix scores) and `after_scoring` / `tokens_for_learning` (learn)."""
+
+    def __init__(self, model: GPT, data: EvalData, ledger: Ledger, strategy_name: str, info: DistInfo,
+                 mixer=None, share_mixer: bool = False, progress: bool = True):
+        self.model, self.data, self.ledger, self.info = model, data, ledger, info
+        self.strategy_name, self.mixer, self.share_mixer = strategy_name, mixer, share_mixer
+        self.device = info.device
+        self.show_progress = progress and info.is_main
+
+    # -- model -------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast on CUDA; plain float32 on CPU (exactness and CPU speed)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        """(end - start,) input ids that predict targets start..end-1."""
+        return torch.from_numpy(self.data.tokens[start - 1:end - 1].astype(np.int64)).to(self.device)
+
+    def log_probs(self, idx: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, V) float32 log-softmax of the model (or `model`)."""
+        with self.autocast():
+            logits = (model or self.model)(idx)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    # -- the two doors to the ledger ------------------------------------------------------
+    def score(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
+        """Fix the scores of `positions` from the model's (n, V) log-probs at them, through
+        the mixer if any. Returns the float64 (n,) NLLs in nats."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size == 0:
+            return np.zeros(0)
+        targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
+        if self.mixer is None:
+            target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
+            rows = None
+        else:
+            rows = logp.detach().float()
+            entropy = -(rows.exp() * rows).sum(-1)  # (n,) the model's entropy, computed once here
+            target_logp = self.mixer.score(positions, rows.cpu().numpy(), entropy.double().cpu().numpy())
+        probe = self.ledger.wants_probe(positions)
+        for i in np.flatnonzero(probe):
+            self.ledger.record_probe(positions[i], self.full_distribution(positions[i:i + 1], logp[i:i + 1])[0],
+                                     float(target_logp[i]))
+        nll = -np.asarray(target_logp, dtype=np.float64)
+        self.ledger.record_scores(positions, nll, self.strategy_name)
+        return nll
+
+    def full_distribution(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
+        """(n, V) float64 log-distribution the strategy scores from (the audit's slow path)."""
+        rows = logp.detach().double().cpu().numpy()
+        if self.mixer is None:
+            return rows
+        return self.mixer.distribution(positions, rows)
+
+    def after_scoring(self, positions: np.ndarray) -> None:
+        """Let the mixer learn the tokens at `positions` (all already scored). With a shared
+        mixer this is a collective: every rank must call it once per step, maybe with none."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.mixer is None:
+            return
+        self.ledger.check_learn(positions, self.strategy_name)  # each rank vouches for its own
+        if self.share_mixer and self.info.distributed:
+            positions = np.sort(np.concatenate(all_gather_arrays(positions, self.info)))
+        if positions.size:
+            self.mixer.update(positions)
+
+    def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
+        """The tokens at `positions` for a learning step (TTT); raises unless all scored."""
+        positions = np.asarray(positions, dtype=np.int64)
+        self.ledger.check_learn(positions, self.strategy_name)
+        return self.data.tokens[positions]
+
+    def warmup_tokens(self, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+        """Random token ids for compile/allocator warm-ups: the only legal warm-up input."""
+        g = torch.Generator().manual_seed(seed)
+        vocab = self.model.cfg.vocab_size
+        ids = torch.randint(0, vocab, shape, generator=g)
+        self.ledger.record_warmup(self.strategy_name, "random", ids.numel())
+        return ids.to(self.device)
+
+    def progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="tok", disable=not self.show_progress, leave=False,
+                    dynamic_ncols=True)

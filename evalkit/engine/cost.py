@@ -1,0 +1,75 @@
+"""What a strategy would cost on the challenge's machine: projected 8xH100 eval seconds.
+
+A projection, not a measurement: model time comes from FLOPs (evalkit.model's estimate)
+at an assumed utilization; non-model time (n-gram mixers) comes from the measured
+seconds, scaled to the full split and divided over 8 ranks. One function so that ablate,
+the audit and anyone else print the same number for the same run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from evalkit.model.gpt import GPTConfig, estimate_forward_flops
+
+H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of one H100 SXM
+RANKS = 8
+DEFAULT_UTILIZATION = 0.35  # eval kernels on short windows reach roughly a third of peak
+EVAL_LIMIT_S = 600.0  # the challenge's evaluation budget on 8xH100 (rule C8)
+SPLIT_TOKENS = {1024: 62_020_000, 8192: 40_540_000}  # the full validation split by vocabulary (anchors.md)
+FULL_SPLIT_TOKENS = SPLIT_TOKENS[1024]
+
+
+def gpu_seconds(flops: float, utilization: float = DEFAULT_UTILIZATION) -> float:
+    """Seconds for `flops` spread over 8 H100s at `utilization` of the bf16 peak."""
+    return flops / (RANKS * H100_BF16_FLOPS * utilization)
+
+
+def model_passes(strategy_config: dict, doc_tokens: np.ndarray | None = None) -> tuple[float, float]:
+    """(forward tokens computed per scored token, extra forward-equivalents per scored token
+    for training) implied by a strategy's config.
+
+    flat: each token once. sliding: every window recomputes seq_len tokens to score
+    `stride` new ones, so seq_len / stride. ttt: each chunk of --ttt-chunk targets is scored
+    by a forward over its window (up to --ttt-context tokens of its document), and every
+    chunk but a document's last then trains: the backward costs about 2 forwards, each
+    step after the first adds a forward and a backward (3). TTT cost depends on document
+    lengths (`doc_tokens`, targets per document; without them each document is taken to
+    be one chunk). Global phases (--ttt-phases) are not counted: a lower bound there.
+    Unknown strategies are charged as flat."""
+    name = strategy_config.get("name", "")
+    if name == "sliding":
+        seq_len = strategy_config.get("seq_len") or 1
+        return seq_len / (strategy_config.get("stride") or seq_len), 0.0
+    if name != "ttt":
+        return 1.0, 0.0
+    chunk, context = strategy_config["ttt_chunk"], strategy_config["ttt_context"]
+    lengths = np.asarray(doc_tokens if doc_tokens is not None else [chunk], dtype=np.int64)
+    lengths = lengths[lengths > 0]
+    n = -(-lengths // chunk)  # chunks per document
+    doc = np.repeat(np.arange(lengths.size), n)
+    k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # chunk index inside its document
+    window = np.minimum(np.minimum(lengths[doc], (k + 1) * chunk), context)
+    trained = window[k < n[doc] - 1].sum()
+    steps = int(strategy_config.get("ttt_steps", 1) or 1)
+    total = max(int(lengths.sum()), 1)
+    return float(window.sum()) / total, (2.0 + 3.0 * (steps - 1)) * float(trained) / total
+
+
+def projected_8xh100_seconds(cfg: GPTConfig, strategy_config: dict, scored_tokens: int,
+                             mixer_seconds: float = 0.0, utilization: float = DEFAULT_UTILIZATION,
+                             split_tokens: int = FULL_SPLIT_TOKENS,
+                             doc_tokens: np.ndarray | None = None) -> float:
+    """Projected eval seconds on 8xH100 for the full split.
+
+    model = forward FLOPs(split_tokens, context) x (forward passes + training passes)
+            / (8 x 989e12 x utilization), context = seq_len / 2 (the mean causal span);
+    mixer = measured mixer seconds x split_tokens / scored_tokens / 8 (each rank scores
+            an eighth; a --share-ngram cache also ingests everyone's tokens, not counted)."""
+    if not 0 < utilization <= 1:
+        raise ValueError(f"utilization must be in (0, 1], got {utilization}")
+    seq_len = strategy_config.get("seq_len") or cfg.train_seq_len
+    forward, train = model_passes(strategy_config, doc_tokens)
+    flops = estimate_forward_flops(cfg, split_tokens, seq_len / 2) * (forward + train)
+    model_s = gpu_seconds(flops, utilization)
+    mixer_s = mixer_seconds * split_tokens / max(scored_tokens, 1) / RANKS
+    return model_s + mixer_s

@@ -1,0 +1,122 @@
+"""The engine: run one strategy over the split, through the ledger, into a result.
+
+Data flows one way: model -> (strategy's window plan) -> log-probs -> mixer (n-gram
+cache) -> ledger -> per-document sums -> `Result`. Strategies drive the loop; the engine
+gives them an `EvalContext` whose `score` and `after_scoring` are the only doors to the
+ledger, so every built-in is score-first by construction and the audit can check it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evalkit.engine.dist import DistInfo, all_reduce_sum
+from evalkit.errors import EvalkitError
+from evalkit.engine.ledger import Ledger, LedgerViolation
+from evalkit.model.gpt import GPT
+from evalkit.engine.context import EvalContext, EvalData
+
+
+@dataclass
+class Result:
+    """One strategy's outcome over the split; `per_doc_*` keep the pairing for ablations."""
+
+    label: str
+    val_loss: float  # mean NLL per scored token, nats
+    val_bpb: float  # bits per byte over the scored targets
+    tokens: int
+    bytes: int
+    seconds: float
+    coverage: dict
+    config: dict
+    per_doc_nll: np.ndarray  # float64 (D,) nats
+    per_doc_bytes: np.ndarray  # int64 (D,)
+    per_doc_tokens: np.ndarray  # int64 (D,)
+    mixer_memory_bytes: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> dict:
+        return {"strategy": self.label, "val_loss": self.val_loss, "val_bpb": self.val_bpb,
+                "tokens": self.tokens, "bytes": self.bytes, "seconds": self.seconds,
+                "tokens_per_s": self.tokens_per_s, "coverage": self.coverage, "config": self.config,
+                "mixer_memory_bytes": self.mixer_memory_bytes}
+
+
+def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) -> Result:
+    """Sum the ledger over ranks (float64) into per-document totals and the headline."""
+    data, info, ledger = ctx.data, ctx.info, ctx.ledger
+    counts = all_reduce_sum(ledger.score_count, info)
+    doc = data.doc_of_target()
+    n_docs = len(data.doc_starts)
+    local_nll = np.bincount(doc, weights=ledger.nll, minlength=n_docs)
+    per_doc_nll = all_reduce_sum(local_nll, info)
+    scored = counts > 0
+    per_doc_bytes = np.bincount(doc[scored], weights=data.target_bytes[scored], minlength=n_docs).astype(np.int64)
+    per_doc_tokens = np.bincount(doc[scored], minlength=n_docs).astype(np.int64)
+    total_bytes, total_tokens = int(per_doc_bytes.sum()), int(per_doc_tokens.sum())
+    nll = float(per_doc_nll.sum())
+    if (counts > 1).any():
+        raise LedgerViolation(f"C4 single pass: {label} scored position {int(np.argmax(counts > 1))} "
+                              "on more than one rank")
+    merged = Ledger(data.n_tokens)
+    merged.score_count = counts.astype(np.int32)
+    coverage = merged.coverage()
+    return Result(label=label, val_loss=nll / max(total_tokens, 1),
+                  val_bpb=nll / math.log(2) / max(total_bytes, 1), tokens=total_tokens, bytes=total_bytes,
+                  seconds=seconds, coverage=coverage, config=config, per_doc_nll=per_doc_nll,
+                  per_doc_bytes=per_doc_bytes, per_doc_tokens=per_doc_tokens,
+                  mixer_memory_bytes=int(ctx.mixer.memory_bytes()) if ctx.mixer is not None else 0)
+
+
+def make_mixer(model: GPT, data: EvalData, spec: str | None):
+    """The n-gram mixer for `--ngram spec`, bound to the split (None without a spec)."""
+    if not spec:
+        return None
+    from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
+
+    try:
+        mixer = parse_ngram_spec(model.cfg.vocab_size, spec)
+    except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
+        raise EvalkitError(f"--ngram {spec}: {e}") from e
+    mixer.bind(data.tokens)
+    return mixer
+
+
+def mixer_label(strategy, mixer) -> str:
+    return strategy.label + (f"+{mixer.name}" if mixer is not None else "")
+
+
+def run_timed(strategy, ctx, model: GPT, device: torch.device) -> float:
+    """Wall seconds of `strategy.run(ctx)`, CUDA work included."""
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    strategy.run(ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_config(strategy, spec: str | None, share_mixer: bool, info: DistInfo) -> dict:
+    return {"strategy": strategy.config(), "ngram": spec, "share_mixer": share_mixer,
+            "world_size": info.world_size, "device": str(info.device.type)}
+
+
+def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: str | None = None,
+             share_mixer: bool = False, probe_positions: frozenset[int] = frozenset(),
+             progress: bool = True) -> tuple[Result, Ledger]:
+    """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer."""
+    mixer = make_mixer(model, data, mixer_spec)
+    label = mixer_label(strategy, mixer)
+    ledger = Ledger(data.n_tokens, probe_positions=probe_positions)
+    ctx = EvalContext(model, data, ledger, label, info, mixer, share_mixer, progress)
+    seconds = run_timed(strategy, ctx, model, info.device)
+    return reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, share_mixer, info)), ledger

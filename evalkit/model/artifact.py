@@ -1,0 +1,238 @@
+"""The `.ptz` artifact: one self-describing file, loaded without executing any code.
+
+Layout (all integers little-endian):
+
+    b"EVKPTZ\\r\\n"  8-byte magic (the CR/LF pair catches text-mode mangling)
+    u32              format version (FORMAT_VERSION)
+    u32              header length H
+    H bytes          header, UTF-8 JSON: model config, quant spec, compressor id,
+                     payload SHA-256 and size, tensor manifest, free-form meta
+    rest             payload: the tensors' raw bytes, concatenated, then compressed
+
+The header stays uncompressed so `info` can read it cheaply; the payload's SHA-256
+(over the compressed bytes) catches corruption before decompression is attempted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evalkit.errors import EvalkitError
+from evalkit.model.gpt import GPTConfig
+from evalkit.model.quant import dequantize_state_dict
+
+MAGIC = b"EVKPTZ\r\n"
+FORMAT_VERSION = 1
+SIZE_CAP = 16_000_000  # decimal bytes: artifact + counted code (challenge rule C8)
+# The code a scorer needs to rebuild and run the model from the artifact; the challenge
+# counts the submission's code bytes against the cap, so we count these.
+COUNTED_CODE = ("evalkit/model/gpt.py", "evalkit/model/layers.py", "evalkit/model/quant.py",
+                "evalkit/model/artifact.py")
+_DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
+
+
+def _compress(name: str, data: bytes) -> bytes:
+    if name == "lzma":
+        return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
+    if name == "zlib":
+        return zlib.compress(data, 9)
+    if name == "zstd":
+        return _optional("zstandard", "zstd").ZstdCompressor(level=22).compress(data)
+    if name == "brotli":
+        return _optional("brotli", "brotli").compress(data, quality=11)
+    raise EvalkitError(f"unknown compressor '{name}'; use one of lzma, zlib, zstd, brotli")
+
+
+def _decompress(name: str, data: bytes, path: Path) -> bytes:
+    try:
+        if name == "lzma":
+            return lzma.decompress(data)
+        if name == "zlib":
+            return zlib.decompress(data)
+        if name == "zstd":
+            return _optional("zstandard", "zstd").ZstdDecompressor().decompress(data)
+        if name == "brotli":
+            return _optional("brotli", "brotli").decompress(data)
+    except EvalkitError:
+        raise
+    except Exception as e:  # each library raises its own error type for bad data
+        raise EvalkitError(f"{path}: payload does not decompress with {name} ({e}); re-export the artifact") from e
+    raise EvalkitError(f"{path}: unknown compressor '{name}' in header; this evalkit knows lzma, zlib, zstd, brotli")
+
+
+def _optional(module: str, compressor: str):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise EvalkitError(f"compressor {compressor} needs the '{module}' package: pip install {module}") from e
+
+
+@dataclass
+class Artifact:
+    config: GPTConfig
+    state_dict: dict[str, torch.Tensor]  # dequantized float32 tensors, ready for load_state_dict
+    header: dict
+    path: Path
+    nbytes: int  # file size on disk
+    sha256: str  # of the whole file
+
+
+def _pack_entries(entries: dict[str, dict]) -> tuple[list[dict], bytes]:
+    """Flatten quantized entries into a manifest (JSON) and one raw byte string."""
+    chunks: list[bytes] = []
+    offset = 0
+
+    def put(arr: torch.Tensor) -> dict:
+        nonlocal offset
+        a = arr.detach().cpu().contiguous().numpy()
+        raw = a.tobytes()
+        chunks.append(raw)
+        rec = {"dtype": str(a.dtype), "shape": list(a.shape), "offset": offset, "nbytes": len(raw)}
+        offset += len(raw)
+        return rec
+
+    def describe(entry: dict) -> dict:
+        rec = {k: v for k, v in entry.items() if k in ("kind", "bits")}
+        for key in ("q", "scale", "data"):
+            if key in entry:
+                rec[key] = put(entry[key])
+        if "lowrank" in entry:
+            rec["lowrank"] = [describe(e) for e in entry["lowrank"]]
+        return rec
+
+    manifest = [{"name": name, **describe(e)} for name, e in entries.items()]
+    return manifest, b"".join(chunks)
+
+
+def _unpack_entries(manifest: list[dict], raw: bytes, path: Path) -> dict[str, dict]:
+    def get(rec: dict) -> torch.Tensor:
+        if rec["dtype"] not in _DTYPES or rec["offset"] + rec["nbytes"] > len(raw):
+            raise EvalkitError(f"{path}: tensor record {rec} is out of range; the file is corrupt, re-export it")
+        a = np.frombuffer(raw, dtype=_DTYPES[rec["dtype"]], count=rec["nbytes"] // np.dtype(rec["dtype"]).itemsize,
+                          offset=rec["offset"])
+        return torch.from_numpy(a.copy().reshape(rec["shape"]))
+
+    def restore(rec: dict) -> dict:
+        entry = {k: v for k, v in rec.items() if k in ("kind", "bits")}
+        for key in ("q", "scale", "data"):
+            if key in rec:
+                entry[key] = get(rec[key])
+        if "lowrank" in rec:
+            entry["lowrank"] = [restore(r) for r in rec["lowrank"]]
+        return entry
+
+    return {rec["name"]: restore(rec) for rec in manifest}
+
+
+def save_artifact(path: str | Path, config: GPTConfig, entries: dict[str, dict], compressor: str = "lzma",
+                  quant: dict | None = None, meta: dict | None = None) -> int:
+    """Write quantized `entries` (evalkit.quant.quantize_state_dict) and return the file size."""
+    manifest, raw = _pack_entries(entries)
+    payload = _compress(compressor, raw)
+    header = {"config": config.to_dict(), "quant": quant or {}, "compressor": compressor,
+              "payload_sha256": hashlib.sha256(payload).hexdigest(), "payload_bytes": len(payload),
+              "raw_bytes": len(raw), "tensors": manifest, "meta": meta or {}}
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    blob = MAGIC + struct.pack("<II", FORMAT_VERSION, len(hbytes)) + hbytes + payload
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(blob)
+    return len(blob)
+
+
+def read_header(path: str | Path) -> tuple[dict, bytes, bytes]:
+    """(header, payload, whole file bytes); validates magic, version and checksum."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalkitError(f"{path}: artifact not found; pass the path of a .ptz written by the trainer")
+    blob = path.read_bytes()
+    if len(blob) < 16 or blob[:8] != MAGIC:
+        zlib_stream = blob[:2] == b"x\xda"  # the baseline script's export is zlib(torch.save(...))
+        hint = " (it looks like a baseline torch.save export: add --baseline-config H.json)" if zlib_stream else ""
+        raise EvalkitError(f"{path}: not an evalkit artifact (bad magic){hint}")
+    version, hlen = struct.unpack("<II", blob[8:16])
+    if version != FORMAT_VERSION:
+        raise EvalkitError(f"{path}: artifact format version {version}, this evalkit reads {FORMAT_VERSION}; "
+                           "upgrade evalkit or re-export")
+    if 16 + hlen > len(blob):
+        raise EvalkitError(f"{path}: truncated artifact (header runs past the end of the file); "
+                           "re-copy or re-export it")
+    try:
+        header = json.loads(blob[16:16 + hlen])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvalkitError(f"{path}: corrupt artifact header ({e}); re-export it") from e
+    payload = blob[16 + hlen:]
+    if len(payload) != header.get("payload_bytes"):
+        raise EvalkitError(f"{path}: truncated artifact: payload has {len(payload)} bytes, header says "
+                           f"{header.get('payload_bytes')}; re-copy or re-export it")
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise EvalkitError(f"{path}: payload SHA-256 does not match the header: the file is corrupt; re-copy it")
+    return header, payload, blob
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    path = Path(path)
+    header, payload, blob = read_header(path)
+    raw = _decompress(header["compressor"], payload, path)
+    if len(raw) != header["raw_bytes"]:
+        raise EvalkitError(f"{path}: decompressed payload has the wrong size; the file is corrupt")
+    try:
+        config = GPTConfig.from_dict(header["config"])
+    except (TypeError, ValueError) as e:
+        raise EvalkitError(f"{path}: model config in the header is not understood ({e}); upgrade evalkit") from e
+    state = dequantize_state_dict(_unpack_entries(header["tensors"], raw, path))
+    return Artifact(config, state, header, path, len(blob), hashlib.sha256(blob).hexdigest())
+
+
+def counted_code_bytes(extra: tuple[str, ...] = ()) -> int:
+    """Bytes of the source files the challenge would count next to the artifact."""
+    root = Path(__file__).resolve().parents[2]
+    return sum((root / f).stat().st_size for f in COUNTED_CODE + tuple(extra))
+
+
+def tensor_group(name: str) -> str:
+    """Coarse grouping for byte reports: embeddings, attention, mlp, head, other."""
+    for key, group in (("tok_emb", "embedding"), (".attn.", "attention"), (".mlp.", "mlp"), ("lm_head", "head")):
+        if key in name:
+            return group
+    return "other"
+
+
+def info(path: str | Path) -> str:
+    """A human-readable summary: config, parameters, raw bytes by group, size vs the cap."""
+    header, payload, blob = read_header(path)
+    groups: dict[str, int] = {}
+    params = 0
+
+    def walk(rec: dict, name: str) -> None:
+        nonlocal params
+        for key in ("q", "scale", "data"):
+            if key in rec:
+                groups[tensor_group(name)] = groups.get(tensor_group(name), 0) + rec[key]["nbytes"]
+        if "lowrank" in rec:
+            for r in rec["lowrank"]:
+                walk(r, name)
+
+    for rec in header["tensors"]:
+        walk(rec, rec["name"])
+        shape = (rec.get("q") or rec.get("data"))["shape"]
+        params += int(np.prod(shape))
+    code = counted_code_bytes()
+    total = len(blob) + code
+    lines = [f"artifact: {path}", f"format: v{FORMAT_VERSION}, compressor {header['compressor']}",
+             "config: " + json.dumps(header["config"]), f"parameters: {params:,}",
+             "raw bytes by group (before compression):"]
+    lines += [f"  {g:<10} {b:>12,}" for g, b in sorted(groups.items())]
+    lines += [f"artifact bytes: {len(blob):,}", f"counted code bytes: {code:,} ({', '.join(COUNTED_CODE)})",
+              f"total: {total:,} of {SIZE_CAP:,} ({'OK' if total <= SIZE_CAP else 'OVER'}, "
+              f"margin {SIZE_CAP - total:,})"]
+    if header.get("meta"):
+        lines.append("meta: " + json.dumps(header["meta"]))
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""`flat` and `sliding`: the model's own distribution, window by window.
+
+Windows are batched globally first and then dealt to ranks round-robin, so every window
+is computed in the same batch whatever the number of processes: N processes reproduce
+the one-process result to float64 summation order.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from evalkit.strategies.registry import Strategy, register
+from evalkit.engine.windows import Window, plan_doc_isolated, plan_flat, plan_sliding
+
+
+class WindowStrategy(Strategy):
+    fixed_model = True  # windows only read the model: ablate feeds one pass to several mixers
+
+    def plan(self, data) -> list[Window]:
+        raise NotImplementedError
+
+    def run(self, ctx) -> None:
+        windows = self.plan(ctx.data)
+        run_windows(ctx, windows, self.opts.batch_windows)
+
+
+def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
+    """Score `windows` in batches; each rank takes every world_size-th batch. Every rank
+    makes the same number of steps (some empty) so shared mixers stay in lockstep."""
+    info = ctx.info
+    batches = [windows[i:i + batch_windows] for i in range(0, len(windows), batch_windows)]
+    steps = math.ceil(len(batches) / info.world_size)
+    total = sum(w.end - w.score_from for w in windows)
+    with ctx.progress(total, ctx.strategy_name) as bar, torch.inference_mode():
+        for step in range(steps):
+            k = step * info.world_size + info.rank
+            positions = score_batch(ctx, batches[k]) if k < len(batches) else np.zeros(0, dtype=np.int64)
+            ctx.after_scoring(positions)
+            bar.update(positions.size * info.world_size)
+
+
+def score_batch(ctx, batch: list[Window]) -> np.ndarray:
+    """One model call over right-padded windows; returns the positions it scored."""
+    T = max(w.length for w in batch)
+    idx = torch.zeros((len(batch), T), dtype=torch.long, device=ctx.device)  # (B, T), pad 0 on the right
+    for j, w in enumerate(batch):
+        idx[j, :w.length] = ctx.inputs(w.start, w.end)
+    logp = ctx.log_probs(idx)  # (B, T, V); right padding cannot reach earlier positions (causal)
+    rows = [logp[j, w.score_from - w.start:w.length] for j, w in enumerate(batch)]
+    positions = np.concatenate([np.arange(w.score_from, w.end, dtype=np.int64) for w in batch])
+    ctx.score(positions, torch.cat(rows))
+    return positions
+
+
+@register("flat")
+class Flat(WindowStrategy):
+    """Non-overlapping windows of seq_len; each window starts with no context."""
+
+    def plan(self, data) -> list[Window]:
+        if self.opts.doc_isolated:
+            return plan_doc_isolated(data.doc_starts, data.n_tokens, self.opts.seq_len, self.opts.seq_len)
+        return plan_flat(data.n_tokens, self.opts.seq_len, self.opts.drop_tail)
+
+
+@register("sliding")
+class Sliding(WindowStrategy):
+    """Overlapping windows: each target (after the first window) sees seq_len - stride or
+    more tokens of context."""
+
+    def plan(self, data) -> list[Window]:
+        if self.opts.doc_isolated:
+            return plan_doc_isolated(data.doc_starts, data.n_tokens, self.opts.seq_len, self.opts.stride)
+        return plan_sliding(data.n_tokens, self.opts.seq_len, self.opts.stride)
