@@ -19,7 +19,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "compress": ["zstandard>=0.22", "brotli>=1.1"],
+        "compress": ["zstandard>=0.22", "brotli>=1.2"],
         "gpu": ["flash-attn>=2.5"],
     },
 )
