@@ -244,7 +244,17 @@ class GPT(nn.Module):
 
     def hidden(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, C) final normalized hidden states."""
-        x = self.tok_emb(idx)  # (B, T, C)
+        return self._trunk(idx)[:, : idx.size(1)]
+
+    def _trunk(self, idx: Tensor) -> Tensor:
+        """(B, T) ids -> (B, P, C) hidden states, P = T on CUDA, T rounded up to ATTN_BLOCK
+        on CPU. Right padding never reaches earlier positions (causal); it makes every
+        internal shape a multiple of the block, so no row lands in a kernel's remainder
+        path (vectorized-loop tails, single-row GEMV) whose rounding differs: a window's
+        scores are then bitwise the same alone, right-padded or batched."""
+        if not idx.is_cuda:
+            idx = F.pad(idx, (0, -idx.size(1) % ATTN_BLOCK))
+        x = self.tok_emb(idx)  # (B, P, C)
         if self.bigram is not None:  # hashed (previous, current) token embedding
             x = x + self.bigram(idx)
         x = rms_norm(x)
@@ -281,7 +291,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, V) logits (float32 on CPU; autocast dtype on CUDA)."""
-        return self.head(self.hidden(idx))
+        return self.head(self._trunk(idx))[:, : idx.size(1)]
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy in nats (float32 softmax)."""
