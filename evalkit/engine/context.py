@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evalkit.engine.dist import DistInfo, all_gather_arrays
+from evalkit.engine.dist import DistInfo
 from evalkit.engine.ledger import Ledger
 from evalkit.model.gpt import GPT
 
@@ -49,9 +49,9 @@ class EvalContext:
     through `score` (fix scores) and `after_scoring` / `tokens_for_learning` (learn)."""
 
     def __init__(self, model: GPT, data: EvalData, ledger: Ledger, strategy_name: str, info: DistInfo,
-                 mixer=None, share_mixer: bool = False, progress: bool = True):
+                 mixer=None, progress: bool = True):
         self.model, self.data, self.ledger, self.info = model, data, ledger, info
-        self.strategy_name, self.mixer, self.share_mixer = strategy_name, mixer, share_mixer
+        self.strategy_name, self.mixer = strategy_name, mixer
         self.device = info.device
         self.show_progress = progress and info.is_main
 
@@ -103,16 +103,25 @@ class EvalContext:
         return self.mixer.distribution(positions, rows)
 
     def after_scoring(self, positions: np.ndarray) -> None:
-        """Let the mixer learn the tokens at `positions` (all already scored). With a shared
-        mixer this is a collective: every rank must call it once per step, maybe with none."""
+        """Let the mixer learn the tokens at `positions` (all already scored)."""
         positions = np.asarray(positions, dtype=np.int64)
         if self.mixer is None:
             return
-        self.ledger.check_learn(positions, self.strategy_name)  # each rank vouches for its own
-        if self.share_mixer and self.info.distributed:
-            positions = np.sort(np.concatenate(all_gather_arrays(positions, self.info)))
+        self.ledger.check_learn(positions, self.strategy_name)
         if positions.size:
             self.mixer.update(positions)
+
+    def learn_elsewhere(self, positions: np.ndarray) -> None:
+        """Positions another rank scores, in the plan's order: this rank's cache learns them
+        exactly where a one-process run would, so every rank's cache walks the same
+        timeline and per-rank scores equal the one-process scores (no collective needed:
+        the plan, not the other rank, says which positions these are)."""
+        if self.mixer is None:
+            return
+        positions = np.asarray(positions, dtype=np.int64)
+        self.ledger.record_replay(positions, self.strategy_name)
+        if positions.size:
+            self.mixer.learn(positions)
 
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at `positions` for a learning step (TTT); raises unless all scored."""
