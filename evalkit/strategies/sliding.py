@@ -49,8 +49,7 @@ def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
     with ctx.progress(total, ctx.strategy_name) as bar, torch.inference_mode():
         for k, batch in enumerate(batches):
             if k % info.world_size == info.rank:
-                positions = score_batch(ctx, batch)
-                ctx.after_scoring(positions)
+                positions = score_batch(ctx, batch)  # a cache learns each target right after its score
             else:
                 positions = scored_positions(batch)
                 ctx.learn_elsewhere(positions)

@@ -261,7 +261,6 @@ class TTT(Strategy):
         for k, batch in enumerate(segment):
             if queue.owner(k, info.world_size) == info.rank:
                 for positions in doc_batch(ctx, self.opts, adapters, batch):
-                    ctx.after_scoring(positions)
                     bar.update(positions.size)
             else:
                 positions = batch_positions(batch, self.opts.ttt_chunk)
