@@ -88,7 +88,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         info = DistInfo(rank, world, torch.device("cpu"))
-        got = {f"{name}|{bw}": case_nll(name, bw, info) for name in CASES for bw in (1, 16)}
+        got = {f"{name}|{bw}": case_nll(name, bw, info) for name in CASES for bw in (4,)}
         if rank == 0:
             np.savez(out, **got)
     finally:
@@ -99,6 +99,8 @@ def test_nll_identical_for_every_batch_size_and_process_count(tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     want = {name: case_nll(name, 1, DistInfo()) for name in CASES}
     for name, bw in itertools.product(CASES, BATCHES[1:]):
+        if CASES[name][0] == "ttt" and bw != BATCHES[-1]:
+            continue  # ttt's plan never reads --batch-windows: the extremes suffice
         got = case_nll(name, bw, DistInfo())
         assert np.array_equal(got, want[name]), f"{name} --batch-windows {bw}: maxdiff {np.abs(got - want[name]).max()}"
     for world in (2, 4):
@@ -157,3 +159,23 @@ def test_tables_made_while_scoring_are_safe_for_backward():
         model(x)
     model(x).float().logsumexp(-1).mean().backward()
     assert model.blocks[0].attn.c_q.weight.grad is not None
+
+
+def test_a_cache_that_replays_ahead_is_stopped():
+    # a strategy whose cache "replays" the next batch before scoring this one would score
+    # from a state that already holds those tokens; the ledger stops it at that score
+    from evalkit.engine.ledger import LedgerViolation
+    from evalkit.strategies.sliding import Sliding, score_batch, scored_positions
+
+    class Ahead(Sliding):
+        def run(self, ctx):
+            windows = self.plan(ctx.data)
+            with torch.inference_mode():
+                for i in range(0, len(windows), 4):
+                    ctx.learn_elsewhere(scored_positions(windows[i + 4:i + 8]))
+                    score_batch(ctx, windows[i:i + 4])
+
+    opts = opts_for(["--seq-len", "32", "--stride", "8"])
+    with pytest.raises(LedgerViolation, match="C3 score before update: sliding\\+mix scored position"):
+        evaluate(random_model(tiny_config(train_seq_len=32)), phrase_data(), Ahead(opts), DistInfo(), MIX,
+                 progress=False)

@@ -82,6 +82,7 @@ class EvalContext:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return np.zeros(0)
+        self.ledger.check_unlearned(positions, self.strategy_name)
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         probe = np.flatnonzero(self.ledger.wants_probe(positions))
         if self.mixer is None:

@@ -64,14 +64,20 @@ class Ledger:
         again = np.concatenate([positions[self.score_count[positions] > 0], uniq[counts > 1]])
         if again.size:
             raise LedgerViolation(f"C4 single pass: {strategy} scored position {int(again[0])} a second time")
-        learned = positions[self.cache_seq[positions] >= 0]
-        if learned.size:
-            raise LedgerViolation(f"C3 score before update: {strategy} scored position {int(learned[0])} after "
-                                  "its cache had learned it")
+        self.check_unlearned(positions, strategy)
         self.score_count[positions] += 1
         self.nll[positions] = nll
         self.score_event[positions] = self._events + np.arange(positions.size)
         self._events += positions.size
+
+    def check_unlearned(self, positions: np.ndarray, strategy: str) -> None:
+        """Raise if the cache already learned any of `positions` (a score from that state
+        would have seen its own token); `EvalContext.score` asks before the mixer runs."""
+        positions = positions[(positions >= 0) & (positions < self.n_tokens)]  # range: record_scores says
+        learned = positions[self.cache_seq[positions] >= 0]
+        if learned.size:
+            raise LedgerViolation(f"C3 score before update: {strategy} scored position {int(learned[0])} after "
+                                  "its cache had learned it")
 
     def check_learn(self, positions: np.ndarray, strategy: str, cache: bool = False) -> None:
         """Call before any state learns from the tokens at `positions`; `cache=True` when
