@@ -8,7 +8,7 @@ setup(
     package_data={"trainer": ["presets/*.toml"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.5",  # F.scaled_dot_product_attention(enable_gqa=...) arrived in 2.5
         "numpy>=1.26",
         "numba>=0.59",
         "sentencepiece>=0.2",
@@ -19,7 +19,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "compress": ["zstandard>=0.22", "brotli>=1.1"],
+        "compress": ["zstandard>=0.22", "brotli>=1.2"],
         "gpu": ["flash-attn>=2.5"],
     },
 )

@@ -23,8 +23,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                    help="JSON of train_gpt.py environment names: read ARTIFACT as that script's int8 export")
     p.add_argument("--ngram", action="append", default=[],
                    help="n-gram mixer spec, e.g. mix:orders=2-11 or tilt:orders=2-11 (repeatable: one row each)")
-    p.add_argument("--share-ngram", action="store_true",
-                   help="under torchrun, ranks exchange scored tokens so every cache sees all of them")
+    p.add_argument("--share-ngram", action="store_true", help=argparse.SUPPRESS)  # removed: see prepare()
     p.add_argument("--limit-docs", type=int, default=None, help="score only the first N documents")
     p.add_argument("--seed", type=int, default=1337, help="seeds torch (TTT adapter init)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -35,6 +34,9 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace):
     """(dist info, loaded model, data) with the window options resolved."""
+    if args.share_ngram:
+        raise EvalkitError("--share-ngram: removed; every rank's n-gram cache now learns all scored positions in "
+                           "plan order, so scores no longer depend on the process count: drop the flag")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.limit_docs is not None and args.limit_docs < 1:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         for spec in [None] + list(args.ngram):
             torch.manual_seed(args.seed)
             result, _ = evaluate(loaded.model, data, build_strategy(name, args), info, spec,
-                                 share_mixer=args.share_ngram, progress=not args.no_progress)
+                                 progress=not args.no_progress)
             rows.append(result.summary())
             results.append(result)
     if info.is_main:

@@ -132,3 +132,18 @@ def test_projection_formula():
     # 2 s of mixer time over 1,000 tokens -> 2 * 62.02e6 / 1000 / 8 s on the full split.
     assert projected_8xh100_seconds(cfg, flat, 1000, 2.0) == pytest.approx(one + 2 * FULL_SPLIT_TOKENS / 8000)
     assert projected_8xh100_seconds(cfg, flat, 1000, utilization=0.7) == pytest.approx(one / 2)
+
+
+def test_resume_key_is_the_code_that_ran(tmp_path, monkeypatch):
+    from evalkit.ablate import runcache
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "sub" / "m.py").write_text("x = 1\n")
+    before = runcache.tree_sha256({"pkg": pkg})
+    (pkg / "sub" / "m.py").write_text("x = 2\n")
+    assert runcache.tree_sha256({"pkg": pkg}) != before
+    ident = runcache.RunIdentity("a", "d", "b", {"strategy": "flat"})
+    key = ident.key()
+    monkeypatch.setattr(runcache, "code_sha256", lambda: "f" * 64)
+    assert ident.key() != key and ident.fields()["code_sha256"] == "f" * 64

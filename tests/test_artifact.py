@@ -1,5 +1,8 @@
 """Artifact round trip, quantization bounds, and every bad-input case (one line, exit 2)."""
+import hashlib
+import json
 import struct
+import zlib
 
 import pytest
 import torch
@@ -89,11 +92,60 @@ def test_bad_artifacts_raise_one_line(tiny_artifact, tmp_path, case, capsys):
     assert err.count("\n") == 1 and str(path) in err
 
 
-def test_unknown_compressor_in_header(tiny_artifact):
-    # a header edit leaves the payload checksum valid, so the compressor check is reached
+def rewrite(path, edit_header, payload: bytes | None = None) -> None:
+    """Re-write an artifact with an edited header (and payload), checksums made consistent,
+    as a crafted file would be."""
+    blob = path.read_bytes()
+    hlen = struct.unpack("<I", blob[12:16])[0]
+    header = json.loads(blob[16:16 + hlen])
+    payload = blob[16 + hlen + 32:] if payload is None else payload
+    header.update(payload_bytes=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest())
+    edit_header(header)
+    h = json.dumps(header).encode()
+    path.write_bytes(blob[:12] + struct.pack("<I", len(h)) + h + hashlib.sha256(h).digest() + payload)
+
+
+def test_edited_header_fails_its_checksum(tiny_artifact):
+    # the payload checksum is still valid: only the header's own catches the edit
     corrupt(tiny_artifact, _bad_compressor)
+    with pytest.raises(EvalkitError, match="header SHA-256 does not match"):
+        load_artifact(tiny_artifact)
+
+
+def test_unknown_compressor_in_header(tiny_artifact):
+    rewrite(tiny_artifact, lambda h: h.update(compressor="lzzz"))
     with pytest.raises(EvalkitError, match="unknown compressor 'lzzz'"):
         load_artifact(tiny_artifact)
+
+
+def test_decompression_stops_at_the_recorded_size(tiny_artifact):
+    # 64 MB of zeros in a ~64 KB zlib stream, under a header that records the real size:
+    # decompression must stop there instead of expanding the whole stream
+    bomb = zlib.compress(bytes(64 << 20), 9)
+    assert len(bomb) < 100_000
+    rewrite(tiny_artifact, lambda h: h.update(compressor="zlib"), bomb)
+    with pytest.raises(EvalkitError, match="decompresses past the .* bytes its header records"):
+        load_artifact(tiny_artifact)
+    # a header that records a huge size is refused before any decompression
+    rewrite(tiny_artifact, lambda h: h.update(raw_bytes=1 << 40))
+    with pytest.raises(EvalkitError, match="decompressed size of 1099511627776 bytes"):
+        load_artifact(tiny_artifact)
+
+
+def test_shape_mismatch_is_one_line(tiny_artifact, tmp_path, capsys):
+    # the manifest's shapes disagree with its bytes
+    rewrite(tiny_artifact, lambda h: h["tensors"][0]["q" if "q" in h["tensors"][0] else "data"].update(shape=[3, 5]))
+    with pytest.raises(EvalkitError, match="does not match its shape"):
+        load_artifact(tiny_artifact)
+    # consistent bytes, but the config says another width than the weights have
+    cfg = tiny_config()
+    path = tmp_path / "wide.ptz"
+    save_artifact(path, cfg, quantize_state_dict(random_model(cfg).state_dict(), QuantSpec(8)))
+    rewrite(path, lambda h: h["config"].update(mlp_mult=3.0))
+    from evalkit.engine.inputs import load_model
+    with pytest.raises(EvalkitError, match=r"tensor blocks.0.mlp.fc.weight has shape \(128, 64\) but the model "
+                                           r"config needs \(192, 64\)"):
+        load_model(str(path), torch.device("cpu"))
 
 
 def test_info_reports_budget(tiny_artifact, capsys):

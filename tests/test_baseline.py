@@ -23,27 +23,33 @@ ENV = {"VOCAB_SIZE": 1024, "NUM_LAYERS": 3, "MODEL_DIM": 64, "NUM_HEADS": 4, "NU
 CONTROL = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight")
 
 
-def export_like_baseline(state: dict, path) -> dict:
-    """int8 per-row (99.99984th percentile clip, fp16 scales) for big float matrices."""
-    quantized, scales, dtypes, passthrough = {}, {}, {}, {}
+def export_like_baseline(state: dict, path, bf16: bool = False) -> dict:
+    """int8 per-row (99.99984th percentile clip, fp16 scales) for big float matrices.
+    bf16: the model was bf16 outside its control tensors (the script keeps tok_emb in
+    bf16): `dtypes` and `passthrough_orig_dtypes` say so and loading casts back."""
+    quantized, scales, dtypes, passthrough, orig = {}, {}, {}, {}, {}
     for name, t in state.items():
         t = t.float()
         if t.numel() <= 4096 or t.ndim != 2 or any(c in name for c in CONTROL):
             passthrough[name] = t if any(c in name for c in CONTROL) else t.half()
+            if not any(c in name for c in CONTROL):
+                orig[name] = "bfloat16" if bf16 else "float32"
             continue
         clip = torch.quantile(t.abs(), 0.9999984, dim=1)
         scale = (clip / 127.0).clamp_min(1.0 / 127.0)
         quantized[name] = torch.clamp(torch.round(torch.clamp(t, -clip[:, None], clip[:, None]) / scale[:, None]),
                                       -127, 127).to(torch.int8)
         scales[name] = scale.half()
-        dtypes[name] = "float32"
+        dtypes[name] = "bfloat16" if bf16 and name == "tok_emb.weight" else "float32"
     obj = {"__quant_format__": "int8_clean_per_row_v1", "quantized": quantized, "scales": scales,
-           "dtypes": dtypes, "passthrough": passthrough}
+           "dtypes": dtypes, "passthrough": passthrough, "passthrough_orig_dtypes": orig}
     buf = io.BytesIO()
     torch.save(obj, buf)
     path.write_bytes(zlib.compress(buf.getvalue(), 9))
-    out = {n: (q.float() * scales[n].float()[:, None]) for n, q in quantized.items()}
-    out.update({n: t.float() for n, t in passthrough.items()})
+    # what the script's dequantize_state_dict_int8 gives back: cast to the saved dtypes
+    cast = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    out = {n: (q.float() * scales[n].float()[:, None]).to(cast[dtypes[n]]).float() for n, q in quantized.items()}
+    out.update({n: t.to(cast[orig[n]]).float() if n in orig else t.float() for n, t in passthrough.items()})
     return out
 
 
@@ -85,10 +91,11 @@ def reference_logits(w: dict, x: torch.Tensor, env: dict) -> torch.Tensor:
     return 30.0 * torch.tanh(logits / 30.0)
 
 
-def test_baseline_export_scores_like_eval_val(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-tok_emb"])
+def test_baseline_export_scores_like_eval_val(tmp_path, bf16):
     require_shared()
     cfg = tiny_config(num_layers=3, train_seq_len=128)
-    weights = export_like_baseline(random_model(cfg, seed=3).state_dict(), tmp_path / "final_model.int8.ptz")
+    weights = export_like_baseline(random_model(cfg, seed=3).state_dict(), tmp_path / "final_model.int8.ptz", bf16)
     (tmp_path / "H.json").write_text(json.dumps(ENV))
     out = tmp_path / "r.json"
     rc = main([str(tmp_path / "final_model.int8.ptz"), "--baseline-config", str(tmp_path / "H.json"),

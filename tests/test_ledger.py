@@ -43,3 +43,28 @@ def test_learning_before_scoring_raises():
 def test_probes_only_where_asked():
     led = Ledger(10, probe_positions=frozenset({3, 7}))
     assert led.wants_probe(np.array([1, 3, 5, 7])).tolist() == [False, True, False, True]
+
+
+def test_cache_replays_are_checked():
+    # rank 0 of 2: scores 1..3, its cache replays 4..6 (scored by rank 1), in plan order
+    led = Ledger(8)
+    led.record_scores(np.arange(1, 4), np.zeros(3), "s+mix")
+    led.check_learn(np.arange(1, 4), "s+mix", cache=True)
+    led.record_replay(np.arange(4, 7), "s+mix")
+    assert led.cache_seq[1:7].tolist() == [0, 1, 2, 3, 4, 5] and led.replayed[4:7].all()
+    with pytest.raises(LedgerViolation, match="cache learned position 5 twice"):
+        led.record_replay(np.array([5]), "s+mix")
+    with pytest.raises(LedgerViolation, match="replayed position 2 .* but this rank scored it"):
+        led.record_replay(np.array([2]), "s+mix")
+    # a replayed position is never scored here afterwards: learning it came first
+    with pytest.raises(LedgerViolation, match="C3.*scored position 4 after its cache had learned it"):
+        led.record_scores(np.array([4]), np.zeros(1), "s+mix")
+    counts = np.array([0, 1, 1, 1, 1, 1, 0, 0])  # summed over ranks: nobody scored 6
+    with pytest.raises(LedgerViolation, match="C3.*learned position 6, which no rank scored"):
+        led.check_replays(counts, led.cache_seq, led.cache_seq, "s+mix")
+    counts[6] = 1
+    led.check_replays(counts, led.cache_seq, led.cache_seq, "s+mix")
+    other = led.cache_seq.copy()
+    other[[3, 4]] = other[[4, 3]]  # another rank learned 3 and 4 the other way round
+    with pytest.raises(LedgerViolation, match="C3.*learned position 3 at different points"):
+        led.check_replays(counts, np.minimum(led.cache_seq, other), np.maximum(led.cache_seq, other), "s+mix")

@@ -132,8 +132,7 @@ def execute(args, planned: list[Planned], loaded, data, info) -> dict[str, dict]
         first = group[0].opts
         torch.manual_seed(first.seed)
         runs = evaluate_many(loaded.model, data, build_strategy(first.strategy, first), info,
-                             [p.opts.ngram for p in group], share_mixer=first.share_ngram,
-                             progress=not args.no_progress)
+                             [p.opts.ngram for p in group], progress=not args.no_progress)
         for p, run in zip(group, runs):
             rec = record_of(run.result, run.mixer_seconds)
             if info.is_main:

@@ -1,13 +1,16 @@
 """Finished ablation runs on disk, so an interrupted grid restarts where it stopped.
 
 An entry is DIR/cache/<key>.json, key = SHA-256 of (artifact SHA-256, data SHA-256,
-byte-count SHA-256, canonical JSON of the run's config, evalkit version). A changed
-artifact or split therefore looks up a different file; an entry whose stored fields do
+byte-count SHA-256, canonical JSON of the run's config, SHA-256 of the code that computes
+the numbers: every .py file of evalkit/ and caches/). A changed artifact, split or line
+of scoring code therefore looks up a different file (a version string would not move
+when the code does); an entry whose stored fields do
 not match what was asked for (copied from elsewhere, edited, truncated) is refused and
 the run is recomputed, never silently reused.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import caches
 import evalkit
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,28 @@ class RunIdentity:
 
     def fields(self) -> dict:
         return {"artifact_sha256": self.artifact_sha256, "data_sha256": self.data_sha256,
-                "bytes_sha256": self.bytes_sha256, "run_config": self.run_config,
-                "evalkit_version": evalkit.__version__}
+                "bytes_sha256": self.bytes_sha256, "run_config": self.run_config, "code_sha256": code_sha256()}
 
     def key(self) -> str:
         canonical = json.dumps(self.fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def tree_sha256(roots: dict[str, Path]) -> str:
+    """SHA-256 over every .py file under each root (name/relative path, then content), in sorted order."""
+    h = hashlib.sha256()
+    for name, root in sorted(roots.items()):
+        for f in sorted(Path(root).rglob("*.py")):
+            h.update(f"{name}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_sha256() -> str:
+    """The source of the packages that produce a run's numbers, as one hash."""
+    return tree_sha256({p.__name__: Path(p.__file__).resolve().parent for p in (evalkit, caches)})
 
 
 def bytes_sha256(target_bytes: np.ndarray) -> str:

@@ -1,9 +1,9 @@
 """What a strategy sees: the split (`EvalData`) and its one door to the ledger (`EvalContext`).
 
 `EvalContext.score` fixes scores (model log-probs -> optional n-gram mixer, which learns each
-position right after scoring it -> ledger) and `after_scoring` / `tokens_for_learning` are the
-other ways state may learn from a token, so
-every built-in is score-first by construction and the audit can check it.
+position right after scoring it -> ledger); `learn_elsewhere` lets the cache learn what other
+ranks score, and `after_scoring` / `tokens_for_learning` are the other ways state may learn
+from a token, so every built-in is score-first by construction and the audit can check it.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evalkit.engine.dist import DistInfo, all_gather_arrays
+from evalkit.engine.dist import DistInfo
 from evalkit.engine.ledger import Ledger
 from evalkit.engine.mixing import score_through_mixer
 from evalkit.model.gpt import GPT
@@ -51,9 +51,9 @@ class EvalContext:
     through `score` (fix scores) and `after_scoring` / `tokens_for_learning` (learn)."""
 
     def __init__(self, model: GPT, data: EvalData, ledger: Ledger, strategy_name: str, info: DistInfo,
-                 mixer=None, share_mixer: bool = False, progress: bool = True):
+                 mixer=None, progress: bool = True):
         self.model, self.data, self.ledger, self.info = model, data, ledger, info
-        self.strategy_name, self.mixer, self.share_mixer = strategy_name, mixer, share_mixer
+        self.strategy_name, self.mixer = strategy_name, mixer
         self.device = info.device
         self.show_progress = progress and info.is_main
 
@@ -82,6 +82,7 @@ class EvalContext:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return np.zeros(0)
+        self.ledger.check_unlearned(positions, self.strategy_name)
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         probe = np.flatnonzero(self.ledger.wants_probe(positions))
         if self.mixer is None:
@@ -94,20 +95,26 @@ class EvalContext:
         nll = -np.asarray(target_logp, dtype=np.float64)
         self.ledger.record_scores(positions, nll, self.strategy_name)
         if self.mixer is not None:  # the cache learned these positions once their scores were known
-            self.ledger.check_learn(positions, self.strategy_name)
+            self.ledger.check_learn(positions, self.strategy_name, cache=True)
         return nll
 
     def after_scoring(self, positions: np.ndarray) -> None:
-        """Door for state other than the mixer (which learns in `score`). With a shared mixer
-        and several ranks this is a collective: every rank calls it once per step, maybe with
-        none, and learns the positions the other ranks scored."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if self.mixer is None or not (self.share_mixer and self.info.distributed):
+        """Door for state other than the n-gram cache, which learns in `score` (and, from the
+        positions other ranks score, in `learn_elsewhere`): the built-ins keep none, and a
+        plugin's own state learns here, from `positions` it scored."""
+        self.ledger.check_learn(np.asarray(positions, dtype=np.int64), self.strategy_name)
+
+    def learn_elsewhere(self, positions: np.ndarray) -> None:
+        """Positions another rank scores, in the plan's order: this rank's cache learns them
+        exactly where a one-process run would, so every rank's cache walks the same
+        timeline and per-rank scores equal the one-process scores (no collective needed:
+        the plan, not the other rank, says which positions these are)."""
+        if self.mixer is None:
             return
-        others = np.concatenate(all_gather_arrays(positions, self.info))
-        others = np.sort(others[~np.isin(others, positions)])
-        if others.size:
-            (self.mixer.learn if hasattr(self.mixer, "learn") else self.mixer.update)(others)
+        positions = np.asarray(positions, dtype=np.int64)
+        self.ledger.record_replay(positions, self.strategy_name)
+        if positions.size:
+            self.mixer.learn(positions)
 
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at `positions` for a learning step (TTT); raises unless all scored."""

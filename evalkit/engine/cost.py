@@ -64,7 +64,8 @@ def projected_8xh100_seconds(cfg: GPTConfig, strategy_config: dict, scored_token
     model = forward FLOPs(split_tokens, context) x (forward passes + training passes)
             / (8 x 989e12 x utilization), context = seq_len / 2 (the mean causal span);
     mixer = measured mixer seconds x split_tokens / scored_tokens / 8 (each rank scores
-            an eighth; a --share-ngram cache also ingests everyone's tokens, not counted)."""
+            an eighth; its cache also replays the other ranks' seven eighths, learning
+            only, which is cheaper than scoring and not counted)."""
     if not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], got {utilization}")
     seq_len = strategy_config.get("seq_len") or cfg.train_seq_len

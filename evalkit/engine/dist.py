@@ -54,22 +54,17 @@ def init_dist(device_pref: str = "auto") -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), device)
 
 
-def all_reduce_sum(arr: np.ndarray, info: DistInfo) -> np.ndarray:
-    """Element-wise sum of a NumPy array over all ranks (same shape everywhere)."""
+_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce_sum(arr: np.ndarray, info: DistInfo, op: str = "sum") -> np.ndarray:
+    """Element-wise sum (or min / max) of a NumPy array over all ranks (same shape
+    everywhere), as a new array: the caller's array (a ledger's counts) is left as it was."""
     if not info.distributed:
-        return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return np.array(arr, copy=True)
+    t = torch.tensor(np.ascontiguousarray(arr), device=info.device)  # a copy: gloo reduces in place
+    dist.all_reduce(t, op=_OPS[op])
     return t.cpu().numpy()
-
-
-def all_gather_arrays(arr: np.ndarray, info: DistInfo) -> list[np.ndarray]:
-    """Every rank's array (lengths may differ), in rank order."""
-    if not info.distributed:
-        return [arr]
-    out: list = [None] * info.world_size
-    dist.all_gather_object(out, arr)
-    return out
 
 
 def broadcast_object(obj, info: DistInfo):

@@ -19,7 +19,7 @@ import torch
 
 from evalkit.engine.dist import DistInfo
 from evalkit.engine.context import EvalContext, EvalData
-from evalkit.engine.loop import Result, make_mixer, mixer_label, reduce_result, run_config, run_timed
+from evalkit.engine.loop import Result, make_mixer, mixer_label, reduce_result, run_config, run_timed, warm_up
 from evalkit.engine.ledger import Ledger
 from evalkit.model.gpt import GPT
 
@@ -36,8 +36,7 @@ class FanoutContext(EvalContext):
 
     def __init__(self, children: list[EvalContext], progress: bool):
         first = children[0]
-        super().__init__(first.model, first.data, first.ledger, first.strategy_name, first.info,
-                         None, first.share_mixer, progress)
+        super().__init__(first.model, first.data, first.ledger, first.strategy_name, first.info, None, progress)
         self.children = children
         self.own_seconds = [0.0] * len(children)
 
@@ -57,6 +56,9 @@ class FanoutContext(EvalContext):
     def after_scoring(self, positions: np.ndarray) -> None:
         self._each("after_scoring", positions)
 
+    def learn_elsewhere(self, positions: np.ndarray) -> None:
+        self._each("learn_elsewhere", positions)
+
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         for child in self.children:
             child.ledger.check_learn(np.asarray(positions, dtype=np.int64), child.strategy_name)
@@ -70,7 +72,7 @@ class FanoutContext(EvalContext):
 
 
 def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_specs: list[str | None],
-                  share_mixer: bool = False, progress: bool = True) -> list[FanoutRun]:
+                  progress: bool = True) -> list[FanoutRun]:
     """Run `strategy` once, scoring through one child per entry of `mixer_specs` (None = the
     model alone). Each child's `seconds` is the shared model time plus its own scoring time,
     what it would take alone; `mixer_seconds` is the part spent in its mixer."""
@@ -83,13 +85,14 @@ def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_sp
     for spec in mixer_specs:
         mixer = make_mixer(model, data, spec)
         label = mixer_label(strategy, mixer)
-        children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, share_mixer,
-                                    progress=False))
+        children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, progress=False))
     ctx = FanoutContext(children, progress)
+    compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=any(c.mixer is not None for c in children))
+    ctx.own_seconds = [0.0] * len(children)  # the warm-up is not the children's scoring time
     shared = run_timed(strategy, ctx, model, info.device) - sum(ctx.own_seconds)
     runs = []
     for spec, child, own in zip(mixer_specs, children, ctx.own_seconds):
-        result = reduce_result(child, child.strategy_name, shared + own,
-                               run_config(strategy, spec, share_mixer, info))
+        result = reduce_result(child, child.strategy_name, shared + own, run_config(strategy, spec, info))
+        result.compile_seconds = compile_seconds
         runs.append(FanoutRun(result, child.ledger, own if child.mixer is not None else 0.0))
     return runs

@@ -35,7 +35,16 @@ def load_model(path: str, device: torch.device, baseline_config: str | None = No
     else:
         art = load_artifact(path)
         cfg, state, sha, nbytes = art.config, art.state_dict, art.sha256, art.nbytes
-    model = GPT(cfg)
+    try:
+        model = GPT(cfg)
+    except ValueError as e:  # a config the model cannot be built from (head sizes, recurrence range)
+        raise EvalkitError(f"{path}: model config cannot be built ({e}); re-export the artifact") from e
+    want = model.state_dict()
+    for name, t in state.items():
+        if name in want and tuple(t.shape) != tuple(want[name].shape):
+            raise EvalkitError(f"{path}: tensor {name} has shape {tuple(t.shape)} but the model config needs "
+                               f"{tuple(want[name].shape)}; the config and weights disagree (check "
+                               "--baseline-config or re-export)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise EvalkitError(f"{path}: tensors do not match the model config (missing {missing[:3]}, "

@@ -33,9 +33,14 @@ class Ledger:
     nll: np.ndarray = field(init=False)  # float64 (N,) -log p(target) in nats, 0 where unscored
     score_event: np.ndarray = field(init=False)  # int64 (N,) order in which positions were scored, -1 unscored
     learn_count: np.ndarray = field(init=False)  # int32 (N,) learning reads per position
+    # The n-gram cache's own timeline: when this rank's cache learned each position (-1 never),
+    # and which of those another rank scored (replayed in plan order, see `record_replay`).
+    cache_seq: np.ndarray = field(init=False)  # int64 (N,)
+    replayed: np.ndarray = field(init=False)  # bool (N,)
     probes: dict[int, Probe] = field(default_factory=dict)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
     _events: int = 0
+    _cache_events: int = 0
 
     def __post_init__(self) -> None:
         n = self.n_tokens
@@ -43,6 +48,8 @@ class Ledger:
         self.nll = np.zeros(n, dtype=np.float64)
         self.score_event = np.full(n, -1, dtype=np.int64)
         self.learn_count = np.zeros(n, dtype=np.int32)
+        self.cache_seq = np.full(n, -1, dtype=np.int64)
+        self.replayed = np.zeros(n, dtype=bool)
 
     def record_scores(self, positions: np.ndarray, nll: np.ndarray, strategy: str) -> None:
         """Fix the scores of `positions` (int64, no repeats). Raises on position 0, out-of-range
@@ -57,13 +64,24 @@ class Ledger:
         again = np.concatenate([positions[self.score_count[positions] > 0], uniq[counts > 1]])
         if again.size:
             raise LedgerViolation(f"C4 single pass: {strategy} scored position {int(again[0])} a second time")
+        self.check_unlearned(positions, strategy)
         self.score_count[positions] += 1
         self.nll[positions] = nll
         self.score_event[positions] = self._events + np.arange(positions.size)
         self._events += positions.size
 
-    def check_learn(self, positions: np.ndarray, strategy: str) -> None:
-        """Call before any state learns from the tokens at `positions`."""
+    def check_unlearned(self, positions: np.ndarray, strategy: str) -> None:
+        """Raise if the cache already learned any of `positions` (a score from that state
+        would have seen its own token); `EvalContext.score` asks before the mixer runs."""
+        positions = positions[(positions >= 0) & (positions < self.n_tokens)]  # range: record_scores says
+        learned = positions[self.cache_seq[positions] >= 0]
+        if learned.size:
+            raise LedgerViolation(f"C3 score before update: {strategy} scored position {int(learned[0])} after "
+                                  "its cache had learned it")
+
+    def check_learn(self, positions: np.ndarray, strategy: str, cache: bool = False) -> None:
+        """Call before any state learns from the tokens at `positions`; `cache=True` when
+        that state is the n-gram cache (its learning order joins the cache timeline)."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return
@@ -72,6 +90,29 @@ class Ledger:
             raise LedgerViolation(f"C3 score before update: {strategy} read position {int(unscored[0])} "
                                   "for learning before it was scored")
         self.learn_count[positions] += 1
+        if cache:
+            self._cache_learned(positions, strategy)
+
+    def record_replay(self, positions: np.ndarray, strategy: str) -> None:
+        """This rank's cache learned `positions`, which another rank scores (plan order).
+        They cannot be checked here; `check_replays` checks them once every rank is done."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size == 0:
+            return
+        here = positions[self.score_count[positions] > 0]
+        if here.size:
+            raise LedgerViolation(f"{strategy}: replayed position {int(here[0])} as scored elsewhere, but this "
+                                  "rank scored it")
+        self.replayed[positions] = True
+        self._cache_learned(positions, strategy)
+
+    def _cache_learned(self, positions: np.ndarray, strategy: str) -> None:
+        uniq, counts = np.unique(positions, return_counts=True)
+        again = np.concatenate([positions[self.cache_seq[positions] >= 0], uniq[counts > 1]])
+        if again.size:
+            raise LedgerViolation(f"C4 single pass: {strategy}'s cache learned position {int(again[0])} twice")
+        self.cache_seq[positions] = self._cache_events + np.arange(positions.size)
+        self._cache_events += positions.size
 
     def record_warmup(self, strategy: str, source: str, tokens: int) -> None:
         """A warm-up (compile, allocator) ran on `tokens` tokens from `source`
@@ -86,6 +127,23 @@ class Ledger:
 
     def record_probe(self, position: int, logp: np.ndarray, fast_logp: float) -> None:
         self.probes[int(position)] = Probe(np.asarray(logp, dtype=np.float64), float(fast_logp))
+
+    def check_replays(self, counts: np.ndarray, seq_min: np.ndarray, seq_max: np.ndarray, strategy: str) -> None:
+        """C3 across ranks, given every rank's score counts (summed) and cache timelines
+        (element-wise min and max over ranks). A replayed position must have been scored by
+        some rank, and once any rank replays, every rank's cache must have learned the same
+        positions in the same order: that one order is then a single-process run in which
+        each position was scored before any cache learned it, so no rank's cache leaned on
+        a position that another rank scored from a state containing this rank's scores."""
+        lost = np.flatnonzero(self.replayed & (counts == 0))
+        if lost.size:
+            raise LedgerViolation(f"C3 score before update: {strategy}'s cache learned position {int(lost[0])}, "
+                                  "which no rank scored")
+        differ = np.flatnonzero(seq_min != seq_max)
+        if differ.size:
+            raise LedgerViolation(f"C3 score before update: {strategy}: the ranks' caches learned position "
+                                  f"{int(differ[0])} at different points of their sequences; every rank must "
+                                  "replay the positions scored elsewhere in the plan's order")
 
     def coverage(self) -> dict:
         targets = self.score_count[1:]

@@ -37,6 +37,7 @@ class Result:
     per_doc_bytes: np.ndarray  # int64 (D,)
     per_doc_tokens: np.ndarray  # int64 (D,)
     mixer_memory_bytes: int = 0
+    compile_seconds: float = 0.0  # kernel compile/load and model warm-up on random tokens, before the clock
 
     @property
     def tokens_per_s(self) -> float:
@@ -46,13 +47,14 @@ class Result:
         return {"strategy": self.label, "val_loss": self.val_loss, "val_bpb": self.val_bpb,
                 "tokens": self.tokens, "bytes": self.bytes, "seconds": self.seconds,
                 "tokens_per_s": self.tokens_per_s, "coverage": self.coverage, "config": self.config,
-                "mixer_memory_bytes": self.mixer_memory_bytes}
+                "mixer_memory_bytes": self.mixer_memory_bytes, "compile_seconds": self.compile_seconds}
 
 
 def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) -> Result:
     """Sum the ledger over ranks (float64) into per-document totals and the headline."""
     data, info, ledger = ctx.data, ctx.info, ctx.ledger
     counts = all_reduce_sum(ledger.score_count, info)
+    check_cache_timelines(ledger, counts, info, label)
     doc = data.doc_of_target()
     n_docs = len(data.doc_starts)
     local_nll = np.bincount(doc, weights=ledger.nll, minlength=n_docs)
@@ -75,6 +77,15 @@ def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) ->
                   mixer_memory_bytes=int(ctx.mixer.memory_bytes()) if ctx.mixer is not None else 0)
 
 
+def check_cache_timelines(ledger: Ledger, counts: np.ndarray, info: DistInfo, label: str) -> None:
+    """C3 for positions a rank's cache learned from another rank's scores (Ledger.check_replays)."""
+    seq_min = seq_max = ledger.cache_seq
+    if info.distributed and all_reduce_sum(np.array([ledger.replayed.sum()], dtype=np.int64), info)[0]:
+        seq_min = all_reduce_sum(ledger.cache_seq, info, "min")
+        seq_max = all_reduce_sum(ledger.cache_seq, info, "max")
+    ledger.check_replays(counts, seq_min, seq_max, label)
+
+
 def make_mixer(model: GPT, data: EvalData, spec: str | None):
     """The n-gram mixer for `--ngram spec`, bound to the split (None without a spec)."""
     if not spec:
@@ -93,30 +104,53 @@ def mixer_label(strategy, mixer) -> str:
     return strategy.label + (f"+{mixer.name}" if mixer is not None else "")
 
 
-def run_timed(strategy, ctx, model: GPT, device: torch.device) -> float:
-    """Wall seconds of `strategy.run(ctx)`, CUDA work included."""
-    model.eval()
+def _timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    strategy.run(ctx)
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def run_config(strategy, spec: str | None, share_mixer: bool, info: DistInfo) -> dict:
-    return {"strategy": strategy.config(), "ngram": spec, "share_mixer": share_mixer,
-            "world_size": info.world_size, "device": str(info.device.type)}
+def warm_up(strategy, ctx, model: GPT, device: torch.device, kernels: bool) -> float:
+    """Seconds spent before the clock: compiling (or loading) the cache kernels when
+    `kernels`, and the strategy's own warm-up of the model on random tokens (`ctx.warmup_tokens`)."""
+    model.eval()
+
+    def body() -> None:
+        if kernels:
+            from caches.store import warmup  # caches knows no torch; import on demand
+
+            warmup()
+        if hasattr(strategy, "warmup"):  # user plugins may have none
+            strategy.warmup(ctx)
+
+    return _timed(body, device)
+
+
+def run_timed(strategy, ctx, model: GPT, device: torch.device) -> float:
+    """Wall seconds of `strategy.run(ctx)`, CUDA work included."""
+    model.eval()
+    return _timed(lambda: strategy.run(ctx), device)
+
+
+def run_config(strategy, spec: str | None, info: DistInfo) -> dict:
+    return {"strategy": strategy.config(), "ngram": spec, "world_size": info.world_size,
+            "device": str(info.device.type)}
 
 
 def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: str | None = None,
-             share_mixer: bool = False, probe_positions: frozenset[int] = frozenset(),
-             progress: bool = True) -> tuple[Result, Ledger]:
-    """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer."""
+             probe_positions: frozenset[int] = frozenset(), progress: bool = True) -> tuple[Result, Ledger]:
+    """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer: warm up
+    outside the clock, then time the run."""
     mixer = make_mixer(model, data, mixer_spec)
     label = mixer_label(strategy, mixer)
     ledger = Ledger(data.n_tokens, probe_positions=probe_positions)
-    ctx = EvalContext(model, data, ledger, label, info, mixer, share_mixer, progress)
+    ctx = EvalContext(model, data, ledger, label, info, mixer, progress)
+    compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=mixer is not None)
     seconds = run_timed(strategy, ctx, model, info.device)
-    return reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, share_mixer, info)), ledger
+    result = reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, info))
+    result.compile_seconds = compile_seconds
+    return result, ledger

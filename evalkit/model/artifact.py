@@ -6,11 +6,14 @@ Layout (all integers little-endian):
     u32              format version (FORMAT_VERSION)
     u32              header length H
     H bytes          header, UTF-8 JSON: model config, quant spec, compressor id,
-                     payload SHA-256 and size, tensor manifest, free-form meta
+                     payload SHA-256 and size, raw (decompressed) size, tensor manifest, meta
+    32 bytes         SHA-256 of the H header bytes (format 2; format 1 files have none)
     rest             payload: the tensors' raw bytes, concatenated, then compressed
 
-The header stays uncompressed so `info` can read it cheaply; the payload's SHA-256
-(over the compressed bytes) catches corruption before decompression is attempted.
+The header stays uncompressed so `info` can read it cheaply; its own SHA-256 and the
+payload's (over the compressed bytes) catch corruption before decompression is
+attempted, and decompression stops at the raw size the header records (at most
+MAX_RAW_BYTES), so a small crafted file cannot expand without bound.
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ from evalkit.model.gpt import GPTConfig
 from evalkit.model.quant import dequantize_state_dict
 
 MAGIC = b"EVKPTZ\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no header checksum
+MAX_RAW_BYTES = 1 << 30  # decompressed payload limit: 64x the size cap, far above any real artifact
 SIZE_CAP = 16_000_000  # decimal bytes: artifact + counted code (challenge rule C8)
 # The code a scorer needs to rebuild and run the model from the artifact; the challenge
 # counts the submission's code bytes against the cap, so we count these.
@@ -51,21 +56,38 @@ def _compress(name: str, data: bytes) -> bytes:
     raise EvalkitError(f"unknown compressor '{name}'; use one of lzma, zlib, zstd, brotli")
 
 
-def _decompress(name: str, data: bytes, path: Path) -> bytes:
+def _bounded(name: str, data: bytes, limit: int) -> tuple[bytes, bool]:
+    """(at most limit + 1 decompressed bytes, whether the stream ended there)."""
+    if name in ("lzma", "zlib"):
+        d = lzma.LZMADecompressor() if name == "lzma" else zlib.decompressobj()
+        out = d.decompress(data, limit + 1)
+        return out, d.eof
+    if name == "zstd":
+        with _optional("zstandard", "zstd").ZstdDecompressor().stream_reader(data) as r:
+            out = r.read(limit + 1)
+            return out, len(out) <= limit and not r.read(1)
+    if name == "brotli":
+        d = _optional("brotli", "brotli").Decompressor()
+        out = d.process(data, output_buffer_limit=limit + 1)
+        return out, d.is_finished()
+    raise EvalkitError(f"unknown compressor '{name}' in header; this evalkit knows lzma, zlib, zstd, brotli")
+
+
+def _decompress(name: str, data: bytes, path: Path, raw_bytes: int) -> bytes:
+    """The payload, refusing to produce more than the `raw_bytes` the header records."""
     try:
-        if name == "lzma":
-            return lzma.decompress(data)
-        if name == "zlib":
-            return zlib.decompress(data)
-        if name == "zstd":
-            return _optional("zstandard", "zstd").ZstdDecompressor().decompress(data)
-        if name == "brotli":
-            return _optional("brotli", "brotli").decompress(data)
-    except EvalkitError:
-        raise
+        out, ended = _bounded(name, data, raw_bytes)
+    except EvalkitError as e:
+        raise EvalkitError(f"{path}: {e}") from e
     except Exception as e:  # each library raises its own error type for bad data
         raise EvalkitError(f"{path}: payload does not decompress with {name} ({e}); re-export the artifact") from e
-    raise EvalkitError(f"{path}: unknown compressor '{name}' in header; this evalkit knows lzma, zlib, zstd, brotli")
+    if len(out) > raw_bytes:
+        raise EvalkitError(f"{path}: payload decompresses past the {raw_bytes:,} bytes its header records; "
+                           "the file is corrupt or crafted, re-export it")
+    if not ended or len(out) != raw_bytes:
+        raise EvalkitError(f"{path}: payload decompresses to {len(out):,} bytes, header says {raw_bytes:,}; "
+                           "the file is corrupt, re-export it")
+    return out
 
 
 def _optional(module: str, compressor: str):
@@ -114,8 +136,10 @@ def _pack_entries(entries: dict[str, dict]) -> tuple[list[dict], bytes]:
 
 def _unpack_entries(manifest: list[dict], raw: bytes, path: Path) -> dict[str, dict]:
     def get(rec: dict) -> torch.Tensor:
-        if rec["dtype"] not in _DTYPES or rec["offset"] + rec["nbytes"] > len(raw):
-            raise EvalkitError(f"{path}: tensor record {rec} is out of range; the file is corrupt, re-export it")
+        size = np.dtype(_DTYPES.get(rec["dtype"], np.int8)).itemsize * int(np.prod(rec["shape"]))
+        if rec["dtype"] not in _DTYPES or rec["offset"] + rec["nbytes"] > len(raw) or size != rec["nbytes"]:
+            raise EvalkitError(f"{path}: tensor record {rec} is out of range or does not match its shape; the "
+                               "file is corrupt, re-export it")
         a = np.frombuffer(raw, dtype=_DTYPES[rec["dtype"]], count=rec["nbytes"] // np.dtype(rec["dtype"]).itemsize,
                           offset=rec["offset"])
         return torch.from_numpy(a.copy().reshape(rec["shape"]))
@@ -141,7 +165,7 @@ def save_artifact(path: str | Path, config: GPTConfig, entries: dict[str, dict],
               "payload_sha256": hashlib.sha256(payload).hexdigest(), "payload_bytes": len(payload),
               "raw_bytes": len(raw), "tensors": manifest, "meta": meta or {}}
     hbytes = json.dumps(header, separators=(",", ":")).encode()
-    blob = MAGIC + struct.pack("<II", FORMAT_VERSION, len(hbytes)) + hbytes + payload
+    blob = MAGIC + struct.pack("<II", FORMAT_VERSION, len(hbytes)) + hbytes + hashlib.sha256(hbytes).digest() + payload
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(blob)
     return len(blob)
@@ -158,17 +182,24 @@ def read_header(path: str | Path) -> tuple[dict, bytes, bytes]:
         hint = " (it looks like a baseline torch.save export: add --baseline-config H.json)" if zlib_stream else ""
         raise EvalkitError(f"{path}: not an evalkit artifact (bad magic){hint}")
     version, hlen = struct.unpack("<II", blob[8:16])
-    if version != FORMAT_VERSION:
-        raise EvalkitError(f"{path}: artifact format version {version}, this evalkit reads {FORMAT_VERSION}; "
-                           "upgrade evalkit or re-export")
-    if 16 + hlen > len(blob):
+    if version not in READABLE_VERSIONS:
+        raise EvalkitError(f"{path}: artifact format version {version}, this evalkit reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}; upgrade evalkit or re-export")
+    end = 16 + hlen + (32 if version >= 2 else 0)
+    if end > len(blob):
         raise EvalkitError(f"{path}: truncated artifact (header runs past the end of the file); "
                            "re-copy or re-export it")
+    hbytes = blob[16:16 + hlen]
+    if version >= 2 and hashlib.sha256(hbytes).digest() != blob[16 + hlen:end]:
+        raise EvalkitError(f"{path}: header SHA-256 does not match: the header is corrupt or was edited; re-copy "
+                           "or re-export it")
     try:
-        header = json.loads(blob[16:16 + hlen])
+        header = json.loads(hbytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise EvalkitError(f"{path}: corrupt artifact header ({e}); re-export it") from e
-    payload = blob[16 + hlen:]
+    if not isinstance(header, dict):
+        raise EvalkitError(f"{path}: corrupt artifact header (not a JSON object); re-export it")
+    payload = blob[end:]
     if len(payload) != header.get("payload_bytes"):
         raise EvalkitError(f"{path}: truncated artifact: payload has {len(payload)} bytes, header says "
                            f"{header.get('payload_bytes')}; re-copy or re-export it")
@@ -180,14 +211,20 @@ def read_header(path: str | Path) -> tuple[dict, bytes, bytes]:
 def load_artifact(path: str | Path) -> Artifact:
     path = Path(path)
     header, payload, blob = read_header(path)
-    raw = _decompress(header["compressor"], payload, path)
-    if len(raw) != header["raw_bytes"]:
-        raise EvalkitError(f"{path}: decompressed payload has the wrong size; the file is corrupt")
+    raw_bytes = header.get("raw_bytes")
+    if not isinstance(raw_bytes, int) or not 0 <= raw_bytes <= MAX_RAW_BYTES:
+        raise EvalkitError(f"{path}: header records a decompressed size of {raw_bytes!r} bytes; evalkit reads up to "
+                           f"{MAX_RAW_BYTES:,}; the file is corrupt or crafted, re-export it")
+    raw = _decompress(header.get("compressor"), payload, path, raw_bytes)
     try:
         config = GPTConfig.from_dict(header["config"])
     except (TypeError, ValueError) as e:
         raise EvalkitError(f"{path}: model config in the header is not understood ({e}); upgrade evalkit") from e
-    state = dequantize_state_dict(_unpack_entries(header["tensors"], raw, path))
+    try:
+        state = dequantize_state_dict(_unpack_entries(header["tensors"], raw, path))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a manifest whose shapes and bytes disagree
+        raise EvalkitError(f"{path}: tensor manifest does not match its data ({str(e).splitlines()[0]}); "
+                           "the file is corrupt, re-export it") from e
     return Artifact(config, state, header, path, len(blob), hashlib.sha256(blob).hexdigest())
 
 

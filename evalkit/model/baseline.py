@@ -57,16 +57,33 @@ def config_from_env_json(path: str | Path) -> GPTConfig:
     return GPTConfig(**values)
 
 
+_FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _as_saved(t: torch.Tensor, dtype: str | None, name: str, path: Path) -> torch.Tensor:
+    """Round `t` through the dtype the script casts it back to on load (`dtypes` for
+    quantized tensors, `passthrough_orig_dtypes` for kept ones: tok_emb stays bf16), then
+    float32 for evalkit: the weights are the ones the script's own eval uses."""
+    if dtype is None:
+        return t.float() if t.is_floating_point() else t
+    if dtype not in _FLOAT_DTYPES:
+        raise EvalkitError(f"{path}: tensor {name} has dtype {dtype!r} in the export; expected one of "
+                           f"{sorted(_FLOAT_DTYPES)}")
+    return t.to(_FLOAT_DTYPES[dtype]).float()
+
+
 def _dequantize(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     out = {}
+    dtypes, orig = obj.get("dtypes", {}), obj.get("passthrough_orig_dtypes", {})
     for name, q in obj["quantized"].items():
         s = obj["scales"][name].float()
         if s.ndim > 0:  # one scale per row, broadcast over the trailing dimensions
-            out[name] = q.float() * s.view(q.shape[0], *([1] * (q.ndim - 1)))
+            w = q.float() * s.view(q.shape[0], *([1] * (q.ndim - 1)))
         else:
-            out[name] = q.float() * float(s)
+            w = q.float() * float(s)
+        out[name] = _as_saved(w, dtypes.get(name), name, path)
     for name, t in obj["passthrough"].items():
-        out[name] = t.float() if t.is_floating_point() else t
+        out[name] = _as_saved(t, orig.get(name) if t.is_floating_point() else None, name, path)
     return out
 
 

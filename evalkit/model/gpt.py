@@ -84,22 +84,31 @@ def rms_norm(x: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """RoPE tables over the first `dims` dims of a head, cached per (length, device); not
-    part of the state dict. With `ntk`, lengths past train_seq_len stretch the base."""
+    """RoPE tables over the first `dims` dims of a head; not part of the state dict.
+
+    Every number here comes from configured lengths, never from the tensor in hand: the
+    NTK base (with `ntk`) from `context_len` (the evaluation window, `GPT.set_context_len`)
+    against train_seq_len, and the tables are built for a length rounded up to a multiple
+    of 64 and sliced, so a position's angle does not depend on how far a batch is padded."""
 
     def __init__(self, dims: int, base: float, train_seq_len: int = 0, ntk: bool = False):
         super().__init__()
         self.dims, self.base, self.train_seq_len, self.ntk = dims, base, train_seq_len, ntk
-        self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
+        self.context_len = train_seq_len  # the configured window; only NTK scaling reads it
+        self._cache: tuple[int, int, torch.device, Tensor, Tensor] | None = None  # (context, rows, device, cos, sin)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            base = layers.rope_base(self.base, self.dims, seq_len, self.train_seq_len, self.ntk)
-            inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, inv_freq.to(device))  # (T, dims/2)
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+        c = self._cache
+        if c is None or c[0] != self.context_len or c[1] < seq_len or c[2] != device:
+            rows = -(-max(seq_len, self.context_len, 1) // 64) * 64
+            # Built outside inference mode: a table made while scoring is reused by TTT's backward.
+            with torch.inference_mode(False), torch.no_grad():
+                base = layers.rope_base(self.base, self.dims, self.context_len, self.train_seq_len, self.ntk)
+                inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
+                t = torch.arange(rows, device=device, dtype=torch.float32)
+                freqs = torch.outer(t, inv_freq.to(device))  # (rows, dims/2)
+                self._cache = c = (self.context_len, rows, device, freqs.cos()[None, None], freqs.sin()[None, None])
+        return c[3][:, :, :seq_len].to(dtype), c[4][:, :, :seq_len].to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -110,14 +119,33 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
+ATTN_BLOCK = 64  # CPU query block: a row's attention depends on its block index only
+
+
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """(B, H, T, hd) queries against (B, Hkv, T, hd) keys/values, causal.
 
-    flash-attn when installed, on CUDA, in half precision; SDPA otherwise (CPU, tests)."""
+    flash-attn when installed, on CUDA, in half precision; SDPA otherwise. On CPU the
+    queries go in blocks of ATTN_BLOCK, block m against keys [0, (m+1) * ATTN_BLOCK): every
+    shape a row meets depends on its position alone, so a window's scores are bitwise the
+    same alone, right-padded or batched (one SDPA call over the padded length is not:
+    its kernel splits rows by the total length)."""
     if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return (y[0] if isinstance(y, tuple) else y).transpose(1, 2)  # FA3 also returns the LSE
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+    gqa = k.size(1) != q.size(1)
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    T, blk = q.size(2), ATTN_BLOCK
+    P = -(-T // blk) * blk
+    q, k, v = (F.pad(x, (0, 0, 0, P - T)) for x in (q, k, v))  # (B, *, P, hd); zero keys are never attended
+    allowed = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()  # (P, P) key j <= query i
+    out = []
+    for s in range(0, P, blk):
+        e = s + blk
+        out.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e],
+                                                  attn_mask=allowed[s:e, :e], enable_gqa=gqa))
+    return torch.cat(out, dim=2)[:, :, :T]  # (B, H, T, hd)
 
 
 class CausalSelfAttention(nn.Module):
@@ -216,7 +244,17 @@ class GPT(nn.Module):
 
     def hidden(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, C) final normalized hidden states."""
-        x = self.tok_emb(idx)  # (B, T, C)
+        return self._trunk(idx)[:, : idx.size(1)]
+
+    def _trunk(self, idx: Tensor) -> Tensor:
+        """(B, T) ids -> (B, P, C) hidden states, P = T on CUDA, T rounded up to ATTN_BLOCK
+        on CPU. Right padding never reaches earlier positions (causal); it makes every
+        internal shape a multiple of the block, so no row lands in a kernel's remainder
+        path (vectorized-loop tails, single-row GEMV) whose rounding differs: a window's
+        scores are then bitwise the same alone, right-padded or batched."""
+        if not idx.is_cuda:
+            idx = F.pad(idx, (0, -idx.size(1) % ATTN_BLOCK))
+        x = self.tok_emb(idx)  # (B, P, C)
         if self.bigram is not None:  # hashed (previous, current) token embedding
             x = x + self.bigram(idx)
         x = rms_norm(x)
@@ -245,9 +283,15 @@ class GPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(logits / c)
 
+    def set_context_len(self, n: int) -> None:
+        """The configured evaluation window (--seq-len, TTT's context): what NTK RoPE scales
+        from, so a score never depends on how long the padded batch happens to be."""
+        for block in self.blocks:
+            block.attn.rotary.context_len = int(n)
+
     def forward(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, V) logits (float32 on CPU; autocast dtype on CUDA)."""
-        return self.head(self.hidden(idx))
+        return self.head(self._trunk(idx))[:, : idx.size(1)]
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy in nats (float32 softmax)."""

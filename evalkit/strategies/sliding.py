@@ -1,12 +1,12 @@
 """`flat` and `sliding`: the model's own distribution, window by window.
 
-Windows are batched globally first and then dealt to ranks round-robin, so every window
-is computed in the same batch whatever the number of processes: N processes reproduce
-the one-process result to float64 summation order.
+The plan's order is the canonical order: an n-gram cache learns each target right after
+scoring it, in plan order, whatever --batch-windows is. Batches are dealt to ranks
+round-robin, and every rank's cache replays the batches other ranks score at their place
+in the plan, so each rank's cache state, and hence every score, is the one-process one
+(a window's logits do not depend on its batch-mates: see evalkit.model.gpt).
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -22,23 +22,38 @@ class WindowStrategy(Strategy):
         raise NotImplementedError
 
     def run(self, ctx) -> None:
+        ctx.model.set_context_len(self.opts.seq_len)
         windows = self.plan(ctx.data)
         run_windows(ctx, windows, self.opts.batch_windows)
 
+    def warmup(self, ctx) -> None:
+        """One model call of a full batch on random tokens, before the clock starts."""
+        ctx.model.set_context_len(self.opts.seq_len)
+        with torch.inference_mode():
+            ctx.log_probs(ctx.warmup_tokens((self.opts.batch_windows, self.opts.seq_len)))
+
+
+def scored_positions(windows: list[Window]) -> np.ndarray:
+    """int64 targets the windows score, in plan order (the order the cache learns them)."""
+    if not windows:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(w.score_from, w.end, dtype=np.int64) for w in windows])
+
 
 def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
-    """Score `windows` in batches; each rank takes every world_size-th batch. Every rank
-    makes the same number of steps (some empty) so shared mixers stay in lockstep."""
+    """Score `windows` in batches; rank r scores batches r, r + world, ... and replays the
+    others into its cache where they fall in the plan."""
     info = ctx.info
     batches = [windows[i:i + batch_windows] for i in range(0, len(windows), batch_windows)]
-    steps = math.ceil(len(batches) / info.world_size)
     total = sum(w.end - w.score_from for w in windows)
     with ctx.progress(total, ctx.strategy_name) as bar, torch.inference_mode():
-        for step in range(steps):
-            k = step * info.world_size + info.rank
-            positions = score_batch(ctx, batches[k]) if k < len(batches) else np.zeros(0, dtype=np.int64)
-            ctx.after_scoring(positions)
-            bar.update(positions.size * info.world_size)
+        for k, batch in enumerate(batches):
+            if k % info.world_size == info.rank:
+                positions = score_batch(ctx, batch)  # a cache learns each target right after its score
+            else:
+                positions = scored_positions(batch)
+                ctx.learn_elsewhere(positions)
+            bar.update(positions.size)
 
 
 def score_batch(ctx, batch: list[Window]) -> np.ndarray:
@@ -49,7 +64,7 @@ def score_batch(ctx, batch: list[Window]) -> np.ndarray:
         idx[j, :w.length] = ctx.inputs(w.start, w.end)
     logp = ctx.log_probs(idx)  # (B, T, V); right padding cannot reach earlier positions (causal)
     rows = [logp[j, w.score_from - w.start:w.length] for j, w in enumerate(batch)]
-    positions = np.concatenate([np.arange(w.score_from, w.end, dtype=np.int64) for w in batch])
+    positions = scored_positions(batch)
     ctx.score(positions, torch.cat(rows))
     return positions
 

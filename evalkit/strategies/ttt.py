@@ -10,7 +10,10 @@ counts: when a prefix is fully scored, every rank pauses and the base weights tr
 exactly those documents (evalkit.strategies.ttt_phases), then scoring continues.
 
 Processes: batches are formed globally and batch i of a segment goes to rank i % world,
-so every document is computed in the same batch whatever the number of processes.
+so every document is computed in the same batch whatever the number of processes. The
+canonical order in which an n-gram cache learns is the queue's: segment, batch, chunk
+step, document in the batch, position (`batch_positions`); each rank's cache replays the
+batches other ranks score at their place in it, so scores do not depend on the rank count.
 """
 from __future__ import annotations
 
@@ -54,6 +57,17 @@ def plan_queue(doc_starts: np.ndarray, n_tokens: int, batch: int, phases: list[i
 
 def n_chunks(doc: Doc, chunk: int) -> int:
     return math.ceil((doc[2] - doc[1]) / chunk)
+
+
+def batch_positions(docs: list[Doc], chunk: int) -> np.ndarray:
+    """int64 targets of one batch in the order `doc_batch` scores them: chunk step by
+    chunk step, documents in batch order within a step."""
+    counts = [n_chunks(d, chunk) for d in docs]
+    parts = []
+    for c in range(max(counts, default=0)):
+        active = docs[:sum(n > c for n in counts)]
+        parts += [np.arange(cs, ce, dtype=np.int64) for _, cs, ce in chunk_windows(active, c, chunk, chunk)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def make_optimizer(params, opts: argparse.Namespace) -> torch.optim.Optimizer:
@@ -138,7 +152,7 @@ def train_steps(ctx, opts, opt, wins, logp, learners: list[int], positions: list
 
 def warm_up(ctx, opts: argparse.Namespace, adapters: AdapterSet) -> None:
     """Allocator/kernel warm-up steps on random tokens (the ledger records them)."""
-    for i in range(opts.ttt_warmup_steps):
+    for i in range(max(1, opts.ttt_warmup_steps)):
         ids = ctx.warmup_tokens((adapters.batch, min(opts.ttt_context, 2 * opts.ttt_chunk)), seed=i)
         opt = make_optimizer(adapters.parameters(), opts)
         with adapters.attached(ctx.model):
@@ -170,7 +184,8 @@ class TTT(Strategy):
         g.add_argument("--ttt-steps", type=int, default=1, help="optimizer steps per scored chunk")
         g.add_argument("--ttt-warm-a", action="store_true",
                        help="keep each slot's trained A across documents (state then crosses documents)")
-        g.add_argument("--ttt-warmup-steps", type=int, default=0, help="warm-up steps on random tokens")
+        g.add_argument("--ttt-warmup-steps", type=int, default=1,
+                       help="warm-up steps on random tokens, before the clock starts (at least 1)")
         from evalkit.strategies.ttt_phases import add_phase_args
 
         add_phase_args(g)
@@ -206,17 +221,30 @@ class TTT(Strategy):
         keys = [k for k in vars(self.opts) if k.startswith("ttt_")]
         return {"name": self.name, **{k: getattr(self.opts, k) for k in keys}}
 
+    def _adapters(self, ctx) -> AdapterSet:
+        o = self.opts
+        alpha = o.ttt_alpha if o.ttt_alpha is not None else float(o.ttt_rank)
+        return AdapterSet(ctx.model, self.targets, o.ttt_batch, o.ttt_rank, alpha)
+
+    def warmup(self, ctx) -> None:
+        """Forward and backward steps on random tokens through throw-away adapters, before
+        the clock starts; the base weights are put back afterwards."""
+        from evalkit.strategies.ttt_phases import restoring_base
+
+        ctx.model.set_context_len(self.opts.ttt_context)
+        with restoring_base(ctx.model):
+            warm_up(ctx, self.opts, self._adapters(ctx))
+
     def run(self, ctx) -> None:
         from evalkit.strategies.ttt_phases import global_phase, restoring_base
 
         o, info = self.opts, ctx.info
+        ctx.model.set_context_len(o.ttt_context)
         queue = plan_queue(ctx.data.doc_starts, ctx.data.n_tokens, o.ttt_batch, self.phases)
-        alpha = o.ttt_alpha if o.ttt_alpha is not None else float(o.ttt_rank)
         total = ctx.data.n_tokens - 1
         with restoring_base(ctx.model), ctx.progress(total, ctx.strategy_name) as bar:
-            adapters = AdapterSet(ctx.model, self.targets, o.ttt_batch, o.ttt_rank, alpha)
-            warm_up(ctx, o, adapters)
-            # Every slot starts from a drawn A (what --ttt-warm-a then keeps), not from the warm-up's.
+            adapters = self._adapters(ctx)
+            # Every slot starts from a drawn A (what --ttt-warm-a then keeps).
             adapters.reset_rows(list(range(o.ttt_batch)), [getattr(o, "seed", 0) * 7919 - j - 1
                                                           for j in range(o.ttt_batch)])
             scored: list[tuple[list[Doc], int]] = []  # (batch, owner rank) fully scored so far
@@ -228,15 +256,13 @@ class TTT(Strategy):
                     global_phase(ctx, o, scored, s)
 
     def _segment(self, ctx, adapters: AdapterSet, segment: list[list[Doc]], queue: Queue, bar) -> None:
-        """Every rank walks the same steps and chunk counts (some empty), so a shared
-        n-gram mixer's after_scoring collectives stay in lockstep."""
-        info, chunk = ctx.info, self.opts.ttt_chunk
-        for step in range(math.ceil(len(segment) / info.world_size)):
-            ks = range(step * info.world_size, min(len(segment), (step + 1) * info.world_size))
-            longest = max(n_chunks(segment[k][0], chunk) for k in ks)
-            mine = step * info.world_size + info.rank
-            gen = doc_batch(ctx, self.opts, adapters, segment[mine]) if mine < len(segment) else iter(())
-            for _ in range(longest):
-                positions = next(gen, np.zeros(0, dtype=np.int64))
-                ctx.after_scoring(positions)
-                bar.update(positions.size * info.world_size)
+        """Score this rank's batches; replay the others' into the cache in queue order."""
+        info = ctx.info
+        for k, batch in enumerate(segment):
+            if queue.owner(k, info.world_size) == info.rank:
+                for positions in doc_batch(ctx, self.opts, adapters, batch):
+                    bar.update(positions.size)
+            else:
+                positions = batch_positions(batch, self.opts.ttt_chunk)
+                ctx.learn_elsewhere(positions)
+                bar.update(positions.size)
