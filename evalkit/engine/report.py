@@ -47,7 +47,35 @@ def versions() -> dict:
             found[name] = __import__(name).__version__
         except ImportError:
             found[name] = None
-    return found
+    return found | accelerator_versions()
+
+
+def accelerator_versions() -> dict:
+    """GPU name, CUDA, cuDNN, NCCL and flash-attn versions; None for each one absent."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    nccl = None
+    if cuda and torch.distributed.is_available() and torch.distributed.is_nccl_available():
+        v = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return {"device_name": torch.cuda.get_device_name() if cuda else None,
+            "device_count": torch.cuda.device_count() if cuda else 0,
+            "cuda": torch.version.cuda if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None,
+            "nccl": nccl, "flash_attn": flash_attn_version()}
+
+
+def flash_attn_version() -> str | None:
+    """flash-attn's version, FA3's interface first (the one evalkit.model.gpt prefers)."""
+    from importlib import metadata
+
+    for dist_name in ("flash_attn_3", "flash-attn-3", "flash_attn", "flash-attn"):
+        try:
+            return f"{dist_name.replace('-', '_')} {metadata.version(dist_name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def provenance(**extra) -> dict:
