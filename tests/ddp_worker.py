@@ -3,6 +3,8 @@
 `train OUT SLOW_RANK`: trains the demo recipe at a tiny size with a wall-clock cap; the
 slow rank starts its clock 1 s late and takes 20 ms longer per step. Writes
 OUT/rank<r>.json with the step count and a digest of the trained weights.
+`nccl OUT`: on CUDA with NCCL (one process is enough): an all-reduce through the engine's
+helper and two seconds of DDP training; writes the backend and the step count.
 `muon OUT`: three sharded Muon steps against the unsharded optimizer on the same
 parameters and gradients; writes OUT/rank<r>.json with their largest difference.
 """
@@ -30,10 +32,10 @@ def digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def train_mode(out: Path, slow_rank: int) -> dict:
+def train_mode(out: Path, slow_rank: int, device: str = "cpu") -> dict:
     import trainer.train as tt
     from trainer.config import load_preset
-    info = init_dist("cpu")
+    info = init_dist(device)
     preset = load_preset("demo", None, TINY)
     tokens = np.random.default_rng(0).integers(1, 1024, 30000).astype(np.uint16)
     if info.rank == slow_rank:
@@ -75,10 +77,22 @@ def muon_mode(out: Path) -> dict:
     return {"rank": info.rank, "max_diff": diff, "moved": moved, "own_buffers": own}
 
 
+def nccl_mode(out: Path) -> dict:
+    from evalkit.engine.dist import all_reduce_sum
+    info = init_dist("cuda")
+    total = all_reduce_sum(np.arange(4, dtype=np.float64), info)
+    record = train_mode(out, slow_rank=-1, device="cuda")
+    return {**record, "backend": torch.distributed.get_backend(), "sum": total.tolist(),
+            "device": str(info.device)}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     mode, out = sys.argv[1], Path(sys.argv[2])
-    record = train_mode(out, int(sys.argv[3])) if mode == "train" else muon_mode(out)
+    if mode == "train":
+        record = train_mode(out, int(sys.argv[3]))
+    else:
+        record = nccl_mode(out) if mode == "nccl" else muon_mode(out)
     (out / f"rank{record['rank']}.json").write_text(json.dumps(record))
     shutdown()
 

@@ -42,12 +42,21 @@ def git_hash() -> str:
 
 def versions() -> dict:
     found = {"python": sys.version.split()[0], "evalkit": evalkit.__version__, "platform": platform.platform()}
-    for name in ("torch", "numpy", "numba", "sentencepiece", "peft"):
-        try:
-            found[name] = __import__(name).__version__
-        except ImportError:
-            found[name] = None
+    import torch
+
+    found |= {"torch": torch.__version__, "numpy": np.__version__}  # torch's carries its CUDA build tag
+    for name in ("numba", "sentencepiece", "peft"):
+        found[name] = dist_version(name)  # metadata, not import: importing peft pulls transformers (~10 s)
     return found | accelerator_versions()
+
+
+def dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def accelerator_versions() -> dict:
@@ -68,13 +77,9 @@ def accelerator_versions() -> dict:
 
 def flash_attn_version() -> str | None:
     """flash-attn's version, FA3's interface first (the one evalkit.model.gpt prefers)."""
-    from importlib import metadata
-
     for dist_name in ("flash_attn_3", "flash-attn-3", "flash_attn", "flash-attn"):
-        try:
-            return f"{dist_name.replace('-', '_')} {metadata.version(dist_name)}"
-        except metadata.PackageNotFoundError:
-            continue
+        if (v := dist_version(dist_name)) is not None:
+            return f"{dist_name.replace('-', '_')} {v}"
     return None
 
 
