@@ -78,12 +78,21 @@ def muon_mode(out: Path) -> dict:
 
 
 def nccl_mode(out: Path) -> dict:
-    from evalkit.engine.dist import all_reduce_sum
+    """With one process the engine's helpers skip collectives, so call NCCL directly: an
+    all-reduce, and DDP's gradient all-reduce on a small layer (equal to the plain grads)."""
     info = init_dist("cuda")
-    total = all_reduce_sum(np.arange(4, dtype=np.float64), info)
+    t = torch.arange(4, dtype=torch.float64, device=info.device)
+    torch.distributed.all_reduce(t)
+    layer = torch.nn.Linear(8, 4).to(info.device)
+    ddp = torch.nn.parallel.DistributedDataParallel(layer)
+    x = torch.randn(16, 8, device=info.device)
+    ddp(x).square().sum().backward()
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    layer(x).square().sum().backward()
     record = train_mode(out, slow_rank=-1, device="cuda")
-    return {**record, "backend": torch.distributed.get_backend(), "sum": total.tolist(),
-            "device": str(info.device)}
+    return {**record, "backend": torch.distributed.get_backend(), "sum": t.tolist(), "device": str(info.device),
+            "ddp_grad_diff": float((grad - layer.weight.grad).abs().max())}
 
 
 def main() -> None:

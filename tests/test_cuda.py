@@ -70,6 +70,7 @@ def test_nccl_one_process(tmp_path):
     rec = records(tmp_path, 1)[0]
     print(rec)
     assert rec["backend"] == "nccl" and rec["sum"] == [0.0, 1.0, 2.0, 3.0] and rec["steps"] > 1
+    assert rec["ddp_grad_diff"] < 1e-5
 
 
 def test_gptq_with_cuda_hessians_and_cpu_weights():
