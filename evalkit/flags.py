@@ -12,7 +12,7 @@ from evalkit.engine.dist import init_dist
 from evalkit.engine.inputs import load_data, load_model
 from evalkit.errors import EvalkitError
 from evalkit.model.gpt import GPT, GPTConfig
-from evalkit.strategies.registry import add_common_args, check_window_opts
+from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, add_common_args, check_window_opts
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
@@ -64,7 +64,6 @@ def prepare(args: argparse.Namespace):
     return info, loaded, data
 
 
-CPU_BATCH_WINDOWS = 16
 MAX_BATCH_WINDOWS = 512
 
 
@@ -83,7 +82,7 @@ def default_batch_windows(cfg: GPTConfig, seq_len: int, device: torch.device) ->
     """16 on CPU; on CUDA as many windows as fit in half the free device memory (the rest
     stays for the allocator's fragmentation, an n-gram mixer's probe rows and NCCL), 1..512."""
     if device.type != "cuda":
-        return CPU_BATCH_WINDOWS
+        return DEFAULT_BATCH_WINDOWS
     from evalkit.model.gpt import flash_attn_func
 
     free, _total = torch.cuda.mem_get_info(device)

@@ -56,6 +56,8 @@ class Strategy:
 
 
 COMMON_KEYS = ("seq_len", "stride", "batch_windows", "doc_isolated", "drop_tail")
+# --batch-windows when nothing resolved it (evalkit.flags.prepare sizes it per device: this on CPU)
+DEFAULT_BATCH_WINDOWS = 16
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from evalkit.engine.overlap import HostScorer
-from evalkit.strategies.registry import Strategy, register
+from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, Strategy, register
 from evalkit.engine.windows import Window, plan_doc_isolated, plan_flat, plan_sliding
 
 
@@ -24,7 +24,7 @@ class WindowStrategy(Strategy):
 
     def run(self, ctx) -> None:
         windows = self.plan(ctx.data)
-        run_windows(ctx, windows, self.opts.batch_windows)
+        run_windows(ctx, windows, self.opts.batch_windows or DEFAULT_BATCH_WINDOWS)
 
 
 def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
