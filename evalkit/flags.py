@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 import torch
@@ -10,7 +11,8 @@ import torch
 from evalkit.engine.dist import init_dist
 from evalkit.engine.inputs import load_data, load_model
 from evalkit.errors import EvalkitError
-from evalkit.strategies.registry import add_common_args, check_window_opts
+from evalkit.model.gpt import GPT, GPTConfig
+from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, add_common_args, check_window_opts
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +31,9 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (for CUDA); compiled and warmed up on random tokens before "
+                        "any timing, its seconds reported apart")
     add_common_args(p)
 
 
@@ -50,5 +55,57 @@ def prepare(args: argparse.Namespace):
     if args.baseline_config and not args.drop_tail:
         logging.getLogger(__name__).info("--baseline-config: flat drops the tail like train_gpt.py's eval_val")
         args.drop_tail = True
+    if args.batch_windows is None:
+        args.batch_windows = default_batch_windows(loaded.config, args.seq_len, info.device)
     check_window_opts(args)
+    args.compile_seconds = None
+    if args.compile:
+        args.compile_seconds = compile_model(loaded.model, args.seq_len, args.batch_windows, info.device)
+        logging.getLogger(__name__).info("--compile: %.1f s (warm-up on random tokens, not in any timing)",
+                                         args.compile_seconds)
     return info, loaded, data
+
+
+MAX_BATCH_WINDOWS = 512
+
+
+def window_bytes(cfg: GPTConfig, seq_len: int, flash: bool) -> int:
+    """Peak device bytes one window adds to a scoring call (inference, bf16 activations):
+    ~16 live (T, d) tensors, the MLP's hidden, every row's fp32 logits + log-softmax +
+    entropy product (flat and a sliding run's first window score every row), and SDPA's
+    (H, T, T) scores when flash-attn is absent. An estimate with headroom, not a measurement."""
+    T = seq_len
+    per_token = 16 * cfg.model_dim * 2 + 2 * cfg.mlp_hidden * 2 + 3 * cfg.vocab_size * 4
+    attn = 0 if flash else cfg.num_heads * T * T * 2
+    return T * per_token + attn
+
+
+def default_batch_windows(cfg: GPTConfig, seq_len: int, device: torch.device) -> int:
+    """16 on CPU; on CUDA as many windows as fit in half the free device memory (the rest
+    stays for the allocator's fragmentation, an n-gram mixer's probe rows and NCCL), 1..512."""
+    if device.type != "cuda":
+        return DEFAULT_BATCH_WINDOWS
+    from evalkit.model.gpt import flash_attn_func
+
+    free, _total = torch.cuda.mem_get_info(device)
+    fit = int(0.5 * free) // window_bytes(cfg, seq_len, flash_attn_func is not None)
+    return max(1, min(MAX_BATCH_WINDOWS, fit))
+
+
+def compile_model(model: GPT, seq_len: int, batch_windows: int, device: torch.device,
+                  backend: str = "inductor") -> float:
+    """torch.compile the model's trunk in place and warm it up on random tokens (the only
+    legal warm-up input) at the full batch shape; returns the seconds, synchronized, so
+    that callers report compile time apart from scoring time."""
+    import time
+
+    t0 = time.perf_counter()
+    model.hidden = torch.compile(model.hidden, backend=backend, dynamic=None)  # the head runs on varying rows
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.cfg.vocab_size, (batch_windows, seq_len), generator=g).to(device)
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        model.log_probs(ids, torch.arange(seq_len, device=device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             write_json(args.json, {"results": rows, **provenance(
                 seed=args.seed, artifact=str(loaded.path), artifact_sha256=loaded.sha256,
                 artifact_bytes=loaded.nbytes, data=data.source, data_sha256=data.sha256,
-                tokenizer=args.tokenizer, model_config=loaded.config.to_dict())})
+                tokenizer=args.tokenizer, model_config=loaded.config.to_dict(),
+                compile_seconds=getattr(args, "compile_seconds", None))})
     return rows
 
 

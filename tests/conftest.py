@@ -49,3 +49,13 @@ def tiny_artifact(tmp_path) -> Path:
 
 # Tests run many tiny models; one thread avoids oversubscription on CI's 2 cores.
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda`-marked tests are skipped, with the reason, where no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/gpu_check.sh runs these on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -2,6 +2,7 @@
 and QAT's STE rounding equals the export's."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from evalkit.model.quant import dequantize_entry, dequantize_rows, quantize_rows
@@ -59,3 +60,25 @@ def test_fake_quant_matches_export_and_passes_gradient():
     assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
     err = [float((fake_quant(w, b) - w).detach().norm()) for b in (4, 5, 6, 8)]
     assert err == sorted(err, reverse=True)  # more bits, smaller round-trip error
+
+
+def test_gptq_tensors_follow_the_weights_device():
+    """GPU training hands GPTQ Hessians on the device and weights on the host. Without a GPU:
+    dtype mixes give the all-float32 codes, and a weight on the meta device with a CPU
+    Hessian runs the whole path on meta (any tensor the code made on the CPU would meet a
+    meta tensor and raise); `device=` moves the work to the Hessian's side."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 160, generator=g) * 0.05
+    x = correlated_inputs(600, 160)
+    h = x.T @ x
+    h[:, 5] = h[5, :] = 0  # a dead input
+    _q, scale = quantize_rows(w, 5)
+    ref = gptq_quantize(w, h, scale, 5)
+    assert ref.device.type == "cpu" and int(ref[:, 5].abs().max()) == 0
+    assert torch.equal(gptq_quantize(w.double(), h.double(), scale.half().float(), 5), ref)
+    on_meta = gptq_quantize(w.to("meta"), h, scale, 5)
+    assert on_meta.device.type == "meta" and on_meta.shape == w.shape and on_meta.dtype == torch.int8
+    # computed where the Hessian is (meta), the codes head back to the weight's device (CPU):
+    # meta has no data to copy, which is the proof that they do
+    with pytest.raises(NotImplementedError, match="meta"):
+        gptq_quantize(w, h.to("meta"), scale, 5, device="meta")

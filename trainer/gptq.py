@@ -15,22 +15,29 @@ from evalkit.model.layers import Linear
 BLOCK = 128  # columns per lazy-update block (the paper's choice)
 
 
-def gptq_quantize(w: Tensor, h: Tensor, scale: Tensor, bits: int, damp: float = 0.01) -> Tensor:
-    """(R, K) weight, (K, K) Hessian, (R,) scales -> (R, K) int8 codes in +-(2^(b-1)-1)."""
+def gptq_quantize(w: Tensor, h: Tensor, scale: Tensor, bits: int, damp: float = 0.01,
+                  device: torch.device | None = None) -> Tensor:
+    """(R, K) weight, (K, K) Hessian, (R,) scales -> (R, K) int8 codes in +-(2^(b-1)-1).
+
+    Device-agnostic: every tensor is moved to (or created on) one compute `device`, by
+    default the weight's; the codes come back on the weight's device. (Hessians collected
+    on the GPU may meet weights already moved to the host for export.) No boolean-mask
+    indexing either, so the whole path also runs on the meta device."""
+    home, device = w.device, torch.device(device) if device is not None else w.device
     qmax = 2 ** (bits - 1) - 1
-    w = w.detach().float().clone()
-    h = h.detach().double().clone()
+    w = w.detach().to(device, torch.float32, copy=True)
+    h = h.detach().to(device, torch.float64, copy=True)
     dead = torch.diag(h) == 0  # inputs never seen: any value works, keep them exact
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * torch.diag(h).mean() * torch.eye(h.size(0), dtype=h.dtype)
+    h = h + torch.diag(dead.to(h.dtype))  # H[i, i] = 1 on dead inputs
+    w = w * (~dead).to(w.dtype)[None]  # and their weights 0
+    h += damp * torch.diag(h).mean() * torch.eye(h.size(0), dtype=h.dtype, device=device)
     # Upper Cholesky factor of H^-1: row i holds the update weights for columns > i.
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    s = scale.float()[:, None]  # (R, 1)
+    s = scale.detach().to(device, torch.float32)[:, None]  # (R, 1)
     q = torch.zeros_like(w)
     for b0 in range(0, w.size(1), BLOCK):
         b1 = min(b0 + BLOCK, w.size(1))
-        wb, err = w[:, b0:b1].clone(), torch.zeros(w.size(0), b1 - b0)
+        wb, err = w[:, b0:b1].clone(), torch.zeros(w.size(0), b1 - b0, device=device)
         for i in range(b1 - b0):
             col = wb[:, i]
             qc = torch.clamp(torch.round(col[:, None] / s), -qmax, qmax)[:, 0]
@@ -39,7 +46,7 @@ def gptq_quantize(w: Tensor, h: Tensor, scale: Tensor, bits: int, damp: float = 
             wb[:, i:] -= e[:, None] * hinv[b0 + i, b0 + i:b1][None]
             err[:, i] = e
         w[:, b1:] -= err @ hinv[b0:b1, b1:]
-    return q.to(torch.int8)
+    return q.to(home, torch.int8)
 
 
 def gptq_entries(state: dict[str, Tensor], entries: dict[str, dict], hessians: dict[str, Tensor]) -> dict[str, dict]:
@@ -49,7 +56,8 @@ def gptq_entries(state: dict[str, Tensor], entries: dict[str, dict], hessians: d
         e = entries.get(name)
         if e is None or e["kind"] != "q" or state[name].ndim != 2:
             continue
-        q = gptq_quantize(state[name], h, e["scale"], e["bits"])
+        # Run where the Hessian is (the GPU after GPU training); codes follow the weight.
+        q = gptq_quantize(state[name], h, e["scale"], e["bits"], device=h.device)
         out[name] = {**e, "q": q}
     return out
 

@@ -9,6 +9,7 @@ first 500 steps) and decoupled weight decay; both live here. Schedules are a fun
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from evalkit.model.quant import CONTROL_PATTERNS
@@ -34,27 +35,60 @@ def newton_schulz(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
 
 class Muon(torch.optim.Optimizer):
     """SGD-Nesterov momentum whose update is orthogonalized, scaled so that its RMS does
-    not depend on the matrix's aspect ratio; decoupled weight decay as in AdamW."""
+    not depend on the matrix's aspect ratio; decoupled weight decay as in AdamW.
+
+    Under DDP (a process group of more than one rank) the Newton-Schulz work is sharded:
+    every rank holds the same averaged gradients, so matrix i's update is computed (and
+    its momentum kept) only by rank i % world_size, then all-gathered, instead of every
+    rank orthogonalizing every matrix (8x redundant on 8 GPUs). Same updates bit for bit:
+    each is computed by the same code from the same inputs, just on one rank."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5,
-                 weight_decay: float = 0.0, nesterov: bool = True):
+                 weight_decay: float = 0.0, nesterov: bool = True, shard: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps,
                                       weight_decay=weight_decay, nesterov=nesterov))
+        self.shard = shard
+
+    def _update(self, p: Tensor, group: dict) -> Tensor:
+        """The orthogonalized momentum update of one matrix (advances its momentum)."""
+        buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+        buf.mul_(group["momentum"]).add_(p.grad)
+        g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+        update = newton_schulz(g.reshape(g.size(0), -1), group["ns_steps"]).view_as(p)
+        return update * max(1.0, p.size(0) / p[0].numel()) ** 0.5  # tall matrices: same RMS
+
+    @staticmethod
+    def _apply(p: Tensor, update: Tensor, group: dict) -> None:
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(update, alpha=-group["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch API
+        world = dist.get_world_size() if self.shard and dist.is_available() and dist.is_initialized() else 1
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(g.reshape(g.size(0), -1), group["ns_steps"]).view_as(p)
-                update *= max(1.0, p.size(0) / p[0].numel()) ** 0.5  # tall matrices: same RMS
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if world == 1:
+                for p in params:
+                    self._apply(p, self._update(p, group), group)
+            else:
+                self._sharded_step(params, group, world, dist.get_rank())
+
+    def _sharded_step(self, params: list[Tensor], group: dict, world: int, rank: int) -> None:
+        """Matrices of one shape in rounds of `world`: rank r computes the r-th of each round,
+        one all_gather hands every rank all of them. (Every rank has the same gradients, so
+        all agree on which parameters have one.)"""
+        by_shape: dict[tuple, list[Tensor]] = {}
+        for p in params:
+            by_shape.setdefault((tuple(p.shape), p.dtype), []).append(p)
+        for same in by_shape.values():
+            for base in range(0, len(same), world):
+                chunk = same[base:base + world]
+                mine = self._update(chunk[rank], group) if rank < len(chunk) else torch.zeros_like(chunk[0])
+                gathered = [torch.empty_like(mine) for _ in range(world)]
+                dist.all_gather(gathered, mine.contiguous())
+                for p, update in zip(chunk, gathered):
+                    self._apply(p, update, group)
 
 
 # Lookup tables (token / bigram embeddings) and the output head train with AdamW.

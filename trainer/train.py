@@ -55,19 +55,38 @@ class Batches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = self.rng.integers(0, self.tokens.numel() - self.seq_len - 1, self.batch_seqs)
         idx = torch.from_numpy(starts)[:, None] + torch.arange(self.seq_len + 1)[None]
-        chunk = self.tokens[idx].to(self.device)  # (B, T + 1)
+        chunk = self.tokens[idx]  # (B, T + 1)
+        if self.device.type == "cuda":  # pinned + asynchronous: the host does not wait for the GPU
+            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         return chunk[:, :-1], chunk[:, 1:]
 
 
 class Progress:
-    """Training progress in [0, 1] by wall-clock fraction or by steps, and the stop rule."""
+    """Training progress in [0, 1] by wall-clock fraction or by steps, and the stop rule.
 
-    def __init__(self, t, start: float):
+    Under DDP the clock is agreed: `tick()` (once per step, on every rank) all-reduces the
+    largest elapsed time over ranks, so every rank makes the same stop decision at the same
+    step (a rank that stopped alone would leave the others blocked in DDP's all-reduce) and
+    follows the same LR schedule. The reduction runs on a host-side gloo group: no GPU sync."""
+
+    def __init__(self, t, start: float, info: DistInfo | None = None):
         self.t, self.start = t, start
         self.budget = max(t.max_seconds - t.reserve_seconds, 1e-6)
+        self.group = clock_group(info) if info is not None and info.distributed else None
+        self.now = 0.0
+
+    def tick(self) -> float:
+        """Fix this step's elapsed seconds (the slowest rank's under DDP)."""
+        local = time.perf_counter() - self.start
+        if self.group is not None:
+            t = torch.tensor([local], dtype=torch.float64)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.group)
+            local = float(t)
+        self.now = local
+        return local
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.now
 
     def value(self, step: int) -> float:
         by_steps = step / max(self.t.iterations, 1)
@@ -87,7 +106,17 @@ class Progress:
         return min(1.0, max(left, 0.0) / t.warmdown_steps) if t.warmdown_steps else 1.0
 
     def done(self, step: int) -> bool:
+        """The stop rule; also fixes this step's clock (a collective under DDP: every rank
+        calls it once per step)."""
+        self.tick()
         return step >= self.t.iterations or self.elapsed() >= self.budget
+
+
+def clock_group(info: DistInfo):
+    """A gloo group for the agreed clock (host tensors), or the default group if it is gloo."""
+    if torch.distributed.get_backend() == "gloo":
+        return torch.distributed.group.WORLD
+    return torch.distributed.new_group(backend="gloo")
 
 
 def train(preset: Preset, tokens: np.ndarray, info: DistInfo, progress_bar: bool = True):
@@ -108,7 +137,7 @@ def train(preset: Preset, tokens: np.ndarray, info: DistInfo, progress_bar: bool
         from trainer.qat import FakeQuant
         qat = FakeQuant(model, preset.export)
     autocast = torch.autocast("cuda", torch.bfloat16) if info.device.type == "cuda" else nullcontext()
-    prog, step, loss_ema = Progress(t, time.perf_counter()), 0, None
+    prog, step, loss_ema = Progress(t, time.perf_counter(), info), 0, None
     tokens_per_step = seqs * cfg.train_seq_len * info.world_size
     while not prog.done(step):
         scale = prog.scale(step)
@@ -132,10 +161,11 @@ def train(preset: Preset, tokens: np.ndarray, info: DistInfo, progress_bar: bool
             ema.update(model)
         if swa is not None:
             swa.maybe_update(model, step, scale)
-        lv = float(loss.detach())
+        # The loss stays on the device: float() would make the host wait for the GPU every step.
+        lv = loss.detach()
         loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
         if info.is_main and progress_bar and (step % t.log_every == 0 or step == 1):
-            log_step(step, lv, scale, prog, tokens_per_step)
+            log_step(step, float(lv), scale, prog, tokens_per_step)
     if qat is not None:
         qat.remove()
     state = model.state_dict()
@@ -143,7 +173,10 @@ def train(preset: Preset, tokens: np.ndarray, info: DistInfo, progress_bar: bool
         state = swa.state_dict()
     elif ema is not None:
         state = ema.state_dict()
-    stats = {"steps": step, "train_seconds": round(prog.elapsed(), 2), "train_loss_ema": loss_ema,
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    stats = {"steps": step, "train_seconds": round(prog.tick(), 2),
+             "train_loss_ema": None if loss_ema is None else float(loss_ema),
              "tokens_seen": step * tokens_per_step, "swa_snapshots": swa.count if swa else 0}
     return model, state, stats
 

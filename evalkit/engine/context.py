@@ -68,11 +68,27 @@ class EvalContext:
         """(end - start,) input ids that predict targets start..end-1."""
         return torch.from_numpy(self.data.tokens[start - 1:end - 1].astype(np.int64)).to(self.device)
 
-    def log_probs(self, idx: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, V) float32 log-softmax of the model (or `model`)."""
+    def inputs_batch(self, spans: list[tuple[int, int]]) -> torch.Tensor:
+        """(B, T) input ids for target spans [start, end), right-padded with 0 (causal: padding
+        never reaches earlier positions); built on the host and copied to the device once
+        (pinned and asynchronous on CUDA), not one window at a time."""
+        T = max(end - start for start, end in spans)
+        idx = np.zeros((len(spans), T), dtype=np.int64)  # (B, T)
+        for j, (start, end) in enumerate(spans):
+            idx[j, :end - start] = self.data.tokens[start - 1:end - 1]
+        return self.to_device(idx)
+
+    def to_device(self, arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
+
+    def log_probs(self, idx: torch.Tensor, model: torch.nn.Module | None = None,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> float32 log-softmax of the model (or `model`): (B, T, V), or (n, V)
+        at `rows`, (n,) flat indices into B*T: the head and softmax run on those rows only.
+        The head runs in float32 under autocast too (GPT.log_probs; README "GPU")."""
         with self.autocast():
-            logits = (model or self.model)(idx)
-        return torch.log_softmax(logits.float(), dim=-1)
+            return (model or self.model).log_probs(idx, rows)
 
     # -- the two doors to the ledger ------------------------------------------------------
     def score(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:

@@ -43,12 +43,45 @@ def git_hash() -> str:
 
 def versions() -> dict:
     found = {"python": sys.version.split()[0], "evalkit": evalkit.__version__, "platform": platform.platform()}
-    for name in ("torch", "numpy", "numba", "sentencepiece", "peft"):
-        try:
-            found[name] = __import__(name).__version__
-        except ImportError:
-            found[name] = None
-    return found
+    import torch
+
+    found |= {"torch": torch.__version__, "numpy": np.__version__}  # torch's carries its CUDA build tag
+    for name in ("numba", "sentencepiece", "peft"):
+        found[name] = dist_version(name)  # metadata, not import: importing peft pulls transformers (~10 s)
+    return found | accelerator_versions()
+
+
+def dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def accelerator_versions() -> dict:
+    """GPU name, CUDA, cuDNN, NCCL and flash-attn versions; None for each one absent."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    nccl = None
+    if cuda and torch.distributed.is_available() and torch.distributed.is_nccl_available():
+        v = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return {"device_name": torch.cuda.get_device_name() if cuda else None,
+            "device_count": torch.cuda.device_count() if cuda else 0,
+            "cuda": torch.version.cuda if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None,
+            "nccl": nccl, "flash_attn": flash_attn_version()}
+
+
+def flash_attn_version() -> str | None:
+    """flash-attn's version, FA3's interface first (the one evalkit.model.gpt prefers)."""
+    for dist_name in ("flash_attn_3", "flash-attn-3", "flash_attn", "flash-attn"):
+        if (v := dist_version(dist_name)) is not None:
+            return f"{dist_name.replace('-', '_')} {v}"
+    return None
 
 
 def provenance(**extra) -> dict:

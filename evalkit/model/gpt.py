@@ -11,6 +11,7 @@ them; training and plain scoring leave them None.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -122,6 +123,17 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 ATTN_BLOCK = 64  # CPU query block: a row's attention depends on its block index only
 
 
+def flash_dtype(q: Tensor) -> torch.dtype | None:
+    """The half dtype flash-attn would run in, or None (SDPA). Under autocast, q may arrive
+    in float32 (norms are on autocast's fp32 list on some backends, and RoPE/q-gain then
+    stay fp32): run flash in the autocast dtype, or its branch would silently never run."""
+    if q.dtype in (torch.bfloat16, torch.float16):
+        return q.dtype
+    if torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return None
+
+
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """(B, H, T, hd) queries against (B, Hkv, T, hd) keys/values, causal.
 
@@ -130,8 +142,10 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     shape a row meets depends on its position alone, so a window's scores are bitwise the
     same alone, right-padded or batched (one SDPA call over the padded length is not:
     its kernel splits rows by the total length)."""
-    if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    dtype = flash_dtype(q) if flash_attn_func is not None and q.is_cuda else None
+    if dtype is not None:
+        q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))  # (B, T, H, hd) as flash-attn wants
+        y = flash_attn_func(q, k, v, causal=True)
         return (y[0] if isinstance(y, tuple) else y).transpose(1, 2)  # FA3 also returns the LSE
     gqa = k.size(1) != q.size(1)
     if q.is_cuda:
@@ -274,14 +288,18 @@ class GPT(nn.Module):
             x = self.blocks[j](x, x0)
         return rms_norm(x)
 
-    def head(self, h: Tensor) -> Tensor:
-        """(..., C) hidden -> (..., V) soft-capped logits."""
+    def head(self, h: Tensor, fp32: bool = False) -> Tensor:
+        """(..., C) hidden -> (..., V) soft-capped logits. `fp32`: matmul and softcap in
+        float32 even under autocast (scoring: bf16 logits carry ~0.1-nat steps at |z| ~ 20)."""
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, w.to(h.dtype))
-        if self.head_lora is not None:
-            logits = logits + self.head_lora(h)
-        c = self.cfg.logit_softcap
-        return c * torch.tanh(logits / c)
+        if fp32:
+            h = h.float()
+        with torch.autocast(h.device.type, enabled=False) if fp32 else contextlib.nullcontext():
+            logits = F.linear(h, w.to(h.dtype))
+            if self.head_lora is not None:
+                logits = logits + self.head_lora(h).to(logits.dtype)
+            c = self.cfg.logit_softcap
+            return c * torch.tanh(logits / c)
 
     def set_context_len(self, n: int) -> None:
         """The configured evaluation window (--seq-len, TTT's context): what NTK RoPE scales
@@ -292,6 +310,22 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, V) logits (float32 on CPU; autocast dtype on CUDA)."""
         return self.head(self._trunk(idx))[:, : idx.size(1)]
+
+    def log_probs(self, idx: Tensor, rows: Tensor | None = None) -> Tensor:
+        """(B, T) ids -> float32 log-softmax from an fp32 head: (B, T, V), or (n, V) at
+        `rows`, (n,) flat indices into B*T. Only the rows asked for pay for the head and
+        the softmax: sliding scores 64 of 2048 positions, and at V=8192 the head is the
+        biggest matmul of the model. On CPU the head's row count is padded to ATTN_BLOCK
+        (as `_trunk` pads T) so a row's logits never depend on how many rows share the call."""
+        T = idx.size(1)
+        h = self._trunk(idx)  # (B, P, C)
+        if rows is None:
+            return torch.log_softmax(self.head(h, fp32=True), dim=-1)[:, :T]
+        h = h[:, :T].reshape(-1, h.size(-1)).index_select(0, rows)  # (n, C)
+        n = h.size(0)
+        if not h.is_cuda:
+            h = F.pad(h, (0, 0, 0, -n % ATTN_BLOCK))
+        return torch.log_softmax(self.head(h, fp32=True), dim=-1)[:n]
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy in nats (float32 softmax)."""

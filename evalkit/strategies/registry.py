@@ -56,6 +56,8 @@ class Strategy:
 
 
 COMMON_KEYS = ("seq_len", "stride", "batch_windows", "doc_isolated", "drop_tail")
+# --batch-windows when nothing resolved it (evalkit.flags.prepare sizes it per device: this on CPU)
+DEFAULT_BATCH_WINDOWS = 16
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +65,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=int, default=None,
                    help="context length per window (default: the artifact's train_seq_len)")
     g.add_argument("--stride", type=int, default=64, help="sliding: new targets scored per window (default 64)")
-    g.add_argument("--batch-windows", type=int, default=16, help="windows per model call (default 16)")
+    g.add_argument("--batch-windows", type=int, default=None,
+                   help="windows per model call (default: 16 on CPU; on CUDA sized from free device memory)")
     g.add_argument("--doc-isolated", action="store_true", help="never attend across a BOS (claims rule C10)")
     g.add_argument("--drop-tail", action="store_true",
                    help="flat: drop the targets that do not fill a window, as the baseline script does")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evalkit.strategies.registry import Strategy, register
+from evalkit.engine.overlap import HostScorer
+from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, Strategy, register
 from evalkit.engine.windows import Window, plan_doc_isolated, plan_flat, plan_sliding
 
 
@@ -24,13 +25,13 @@ class WindowStrategy(Strategy):
     def run(self, ctx) -> None:
         ctx.model.set_context_len(self.opts.seq_len)
         windows = self.plan(ctx.data)
-        run_windows(ctx, windows, self.opts.batch_windows)
+        run_windows(ctx, windows, self.opts.batch_windows or DEFAULT_BATCH_WINDOWS)
 
     def warmup(self, ctx) -> None:
         """One model call of a full batch on random tokens, before the clock starts."""
         ctx.model.set_context_len(self.opts.seq_len)
         with torch.inference_mode():
-            ctx.log_probs(ctx.warmup_tokens((self.opts.batch_windows, self.opts.seq_len)))
+            ctx.log_probs(ctx.warmup_tokens((self.opts.batch_windows or DEFAULT_BATCH_WINDOWS, self.opts.seq_len)))
 
 
 def scored_positions(windows: list[Window]) -> np.ndarray:
@@ -42,31 +43,32 @@ def scored_positions(windows: list[Window]) -> np.ndarray:
 
 def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
     """Score `windows` in batches; rank r scores batches r, r + world, ... and replays the
-    others into its cache where they fall in the plan."""
+    others into its cache where they fall in the plan. The model runs here while a host
+    thread scores the previous batch (evalkit/engine/overlap.py), in plan order."""
     info = ctx.info
     batches = [windows[i:i + batch_windows] for i in range(0, len(windows), batch_windows)]
     total = sum(w.end - w.score_from for w in windows)
-    with ctx.progress(total, ctx.strategy_name) as bar, torch.inference_mode():
+    with ctx.progress(total, ctx.strategy_name) as bar, torch.inference_mode(), HostScorer(ctx) as host:
         for k, batch in enumerate(batches):
             if k % info.world_size == info.rank:
-                positions = score_batch(ctx, batch)  # a cache learns each target right after its score
+                positions, logp = batch_log_probs(ctx, batch)
+                host.submit(positions, logp)  # a cache learns each target right after its score
             else:
                 positions = scored_positions(batch)
-                ctx.learn_elsewhere(positions)
+                host.submit(positions, None)  # scored on another rank: the cache replays them in plan order
             bar.update(positions.size)
 
 
-def score_batch(ctx, batch: list[Window]) -> np.ndarray:
-    """One model call over right-padded windows; returns the positions it scored."""
-    T = max(w.length for w in batch)
-    idx = torch.zeros((len(batch), T), dtype=torch.long, device=ctx.device)  # (B, T), pad 0 on the right
-    for j, w in enumerate(batch):
-        idx[j, :w.length] = ctx.inputs(w.start, w.end)
-    logp = ctx.log_probs(idx)  # (B, T, V); right padding cannot reach earlier positions (causal)
-    rows = [logp[j, w.score_from - w.start:w.length] for j, w in enumerate(batch)]
+def batch_log_probs(ctx, batch: list[Window]) -> tuple[np.ndarray, torch.Tensor]:
+    """One model call over right-padded windows: the positions it scores and their (n, V)
+    log-probs. The head and log-softmax run on the scored rows only (1/32 of them at seq
+    2048 stride 64)."""
+    idx = ctx.inputs_batch([(w.start, w.end) for w in batch])  # (B, T)
+    T = idx.size(1)
+    rows = np.concatenate([j * T + np.arange(w.score_from - w.start, w.length) for j, w in enumerate(batch)])
+    logp = ctx.log_probs(idx, rows=ctx.to_device(rows))  # (n, V)
     positions = scored_positions(batch)
-    ctx.score(positions, torch.cat(rows))
-    return positions
+    return positions, logp
 
 
 @register("flat")
