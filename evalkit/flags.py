@@ -9,7 +9,7 @@ import logging
 import torch
 
 from evalkit.engine.dist import init_dist
-from evalkit.engine.inputs import load_data, load_model
+from evalkit.engine.inputs import load_data, load_model, load_user_model
 from evalkit.errors import EvalkitError
 from evalkit.model.gpt import GPT, GPTConfig
 from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, add_common_args, check_window_opts
@@ -17,12 +17,15 @@ from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, add_common_args, 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by score, audit and ablate."""
-    p.add_argument("artifact", help="evalkit .ptz (or a baseline export with --baseline-config)")
+    p.add_argument("artifact", help="evalkit .ptz (or a baseline export with --baseline-config, or what --model reads)")
     p.add_argument("--val", required=True, help="validation shard glob, e.g. 'data/fineweb_val_*.bin'")
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model the split was tokenized with")
     p.add_argument("--byte-sidecar", default=None, help="per-token byte counts (shard format) overriding the table")
     p.add_argument("--baseline-config", default=None,
                    help="JSON of train_gpt.py environment names: read ARTIFACT as that script's int8 export")
+    p.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                   help="your own model: NAME(artifact_path, device) -> torch.nn.Module mapping (B, T) int64 ids "
+                        "to (B, T, V) logits (contract: evalkit/model/user.py)")
     p.add_argument("--ngram", action="append", default=[],
                    help="n-gram mixer spec, e.g. mix:orders=2-11 or tilt:orders=2-11 (repeatable: one row each)")
     p.add_argument("--share-ngram", action="store_true", help=argparse.SUPPRESS)  # removed: see prepare()
@@ -37,6 +40,13 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
 
 
+def add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    """--plugin on score and ablate (the audit takes exactly one, with its own flag)."""
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py:CLASS",
+                   help="a user strategy (protocol: evalkit/strategies/plugins.py), run like a --strategy; "
+                        "repeatable")
+
+
 def prepare(args: argparse.Namespace):
     """(dist info, loaded model, data) with the window options resolved."""
     if args.share_ngram:
@@ -48,7 +58,17 @@ def prepare(args: argparse.Namespace):
         raise EvalkitError(f"--limit-docs {args.limit_docs}: must be >= 1")
     torch.manual_seed(args.seed)
     info = init_dist(args.device)
-    loaded = load_model(args.artifact, info.device, args.baseline_config)
+    if args.model:
+        if args.baseline_config:
+            raise EvalkitError("--model with --baseline-config: give one way to read the artifact")
+        from evalkit.strategies.plugins import file_sha256, load_object, plugin_file
+
+        factory = load_object(args.model, "--model")
+        loaded = load_user_model(factory, args.artifact, info.device, args.model, args.seq_len,
+                                 code=(plugin_file(args.model, "--model"), file_sha256(args.model, "--model")))
+        logging.getLogger(__name__).info(loaded.describe())
+    else:
+        loaded = load_model(args.artifact, info.device, args.baseline_config)
     data = load_data(args.val, args.tokenizer, loaded.config.vocab_size, args.limit_docs, args.byte_sidecar)
     if args.seq_len is None:
         args.seq_len = loaded.config.train_seq_len

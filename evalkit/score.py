@@ -15,7 +15,7 @@ import torch
 from evalkit.engine.dist import shutdown
 from evalkit.engine.loop import evaluate
 from evalkit.cli import CliParser, run_cli
-from evalkit.flags import add_input_args, prepare
+from evalkit.flags import add_input_args, add_plugin_arg, prepare
 from evalkit.engine.report import markdown_table, provenance, write_json
 from evalkit.strategies.registry import build_strategy
 
@@ -25,6 +25,7 @@ def build_parser(prog: str = "python -m evalkit.score") -> argparse.ArgumentPars
     add_input_args(p)
     p.add_argument("--strategy", action="append", default=None,
                    help="strategy to run (repeatable; default sliding): flat, sliding, ...")
+    add_plugin_arg(p)
     p.add_argument("--json", default=None, help="write the results and provenance to this JSON file")
     return p
 
@@ -32,7 +33,7 @@ def build_parser(prog: str = "python -m evalkit.score") -> argparse.ArgumentPars
 def run(args: argparse.Namespace) -> list[dict]:
     info, loaded, data = prepare(args)
     rows, results = [], []
-    for name in args.strategy or ["sliding"]:
+    for name in (args.strategy or ([] if args.plugin else ["sliding"])) + args.plugin:
         for spec in [None] + list(args.ngram):
             torch.manual_seed(args.seed)
             result, _ = evaluate(loaded.model, data, build_strategy(name, args), info, spec,

@@ -109,5 +109,47 @@ def test_attached_sets_hooks_and_always_detaches():
 
 def test_parse_targets_rejects_unknown_names():
     assert parse_targets("q, v,lm_head") == ("q", "v", "lm_head")
+    assert parse_targets("attn.c_q,blocks.1*.mlp.*") == ("attn.c_q", "blocks.1*.mlp.*")
     with pytest.raises(EvalkitError, match="--ttt-targets"):
-        parse_targets("q,wte")
+        parse_targets("q,w te")
+    with pytest.raises(EvalkitError, match=r"'wte' matches no Linear module of the model; its Linear modules: "
+                                           r"blocks\.\*\.attn\.c_q"):
+        AdapterSet(random_model(tiny_config()), ("q", "wte"), 2, 2, 2.0)
+
+
+class UserNet(nn.Module):
+    """Not evalkit's GPT: plain nn.Linear layers with the challenge script's names."""
+
+    def __init__(self, V=32, d=16):
+        super().__init__()
+        self.emb = nn.Embedding(V, d)
+        self.attn = nn.Module()
+        self.attn.c_q, self.attn.c_v = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.lm_head = nn.Linear(d, V, bias=False)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        x = x + self.attn.c_v(torch.tanh(self.attn.c_q(x)))
+        return self.lm_head(x)
+
+
+def test_patterns_adapt_a_user_module_row_by_row():
+    """Patterns reach plain Linears through hooks; row b's output moves only with adapter b,
+    and detaching restores the module exactly."""
+    torch.manual_seed(0)
+    net = UserNet()
+    idx = torch.randint(0, 32, (3, 5))
+    base = net(idx)
+    adapters = AdapterSet(net, parse_targets("attn.c_q,attn.c_v,lm_head"), 3, 2, 2.0)
+    assert sorted(adapters.layers) == ["attn_c_q", "attn_c_v", "lm_head"]
+    with torch.no_grad():
+        for layer in adapters.layers.values():
+            layer.A.normal_()
+            layer.B[1].normal_()  # only row 1's adapter is non-zero
+    with adapters.attached(net):
+        out = net(idx)
+    print(f"untouched rows maxdiff = {_maxdiff(out[[0, 2]], base[[0, 2]]):.2e}")
+    assert _maxdiff(out[[0, 2]], base[[0, 2]]) == 0 and _maxdiff(out[1], base[1]) > 1e-3
+    assert _maxdiff(net(idx), base) == 0  # hooks removed
+    with pytest.raises(EvalkitError, match="'c_k' matches no Linear.*attn.c_q, attn.c_v, lm_head"):
+        AdapterSet(net, ("c_k",), 3, 2, 2.0)

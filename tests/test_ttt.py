@@ -199,7 +199,7 @@ def test_queue_is_longest_first_and_cut_at_phases():
 
 @pytest.mark.parametrize("argv, flag", [(("--ttt-context", "4"), "--ttt-context"),
                                         (("--ttt-phases", "5,3"), "--ttt-phases"),
-                                        (("--ttt-targets", "x"), "--ttt-targets"),
+                                        (("--ttt-targets", "q v"), "--ttt-targets"),
                                         (("--ttt-steps", "0"), "--ttt-steps")])
 def test_bad_flags_raise_evalkit_error(argv, flag):
     with pytest.raises(EvalkitError, match=flag):

@@ -28,9 +28,10 @@ from evalkit.engine.fanout import evaluate_many
 from evalkit.ablate.grid import RunSpec, cli_runs, load_grid, per_run_actions, run_options
 from evalkit.ablate.plots import plot_bpb, plot_frontier
 from evalkit.engine.report import markdown_table, provenance, write_json
-from evalkit.flags import add_input_args, prepare
+from evalkit.flags import add_input_args, add_plugin_arg, prepare
 from evalkit.ablate.stats import DEFAULT_REPLICATES, DocSums, bpb_interval, compare
-from evalkit.strategies.registry import REGISTRY, build_strategy, check_window_opts
+from evalkit.strategies.plugins import file_sha256, is_spec
+from evalkit.strategies.registry import REGISTRY, build_strategy, check_window_opts, strategy_class
 
 ABLATE_DESTS = frozenset({"grid", "out", "resume", "baseline", "bootstrap", "bootstrap_seed", "utilization"})
 
@@ -40,6 +41,7 @@ def build_parser(prog: str = "python -m evalkit.ablate") -> argparse.ArgumentPar
     add_input_args(p)
     p.add_argument("--strategy", action="append", default=None,
                    help="strategy to compare (repeatable; with each --ngram as well), instead of --grid")
+    add_plugin_arg(p)
     p.add_argument("--grid", default=None, help="TOML of named runs (see examples/grid.toml)")
     p.add_argument("--baseline", default=None, help="run name the others are compared with (default: the first)")
     p.add_argument("--out", default="ablate_out", help="output directory (default ablate_out)")
@@ -60,8 +62,12 @@ class Planned:
 
 def plan_runs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[RunSpec], str]:
     """The runs and the baseline's name, checked before anything is loaded."""
+    if args.plugin and not args.grid:
+        args.strategy = (args.strategy or []) + args.plugin  # a plugin is one more strategy
     if bool(args.grid) == bool(args.strategy):
         raise EvalkitError("give either --grid FILE.toml or --strategy NAME (repeatable), not both or neither")
+    if args.grid and args.plugin:
+        raise EvalkitError("--plugin with --grid: put strategy = \"FILE.py:CLASS\" in the grid's [[run]] tables")
     if args.grid:
         if args.ngram:
             raise EvalkitError("--ngram with --grid: put ngram = \"...\" in the grid's [[run]] tables")
@@ -75,7 +81,9 @@ def plan_runs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tupl
     if baseline not in names:
         raise EvalkitError(f"--baseline {baseline}: no such run; choose from {', '.join(names)}")
     for r in runs:
-        if r.strategy not in REGISTRY:
+        if is_spec(r.strategy):
+            strategy_class(r.strategy)  # a plugin: import it now, one line if it is broken
+        elif r.strategy not in REGISTRY:
             raise EvalkitError(f"run {r.name!r}: strategy {r.strategy!r} unknown; choose from "
                                f"{', '.join(sorted(REGISTRY))}")
     if args.bootstrap < 99:
@@ -94,6 +102,8 @@ def identify(args, parser, runs: list[RunSpec], loaded, data, info) -> list[Plan
         check_window_opts(opts)
         config = {d: getattr(opts, d) for d in dests}
         config.update(world_size=info.world_size, device=info.device.type)
+        if is_spec(spec.strategy):  # --resume must not reuse a result of an edited plugin
+            config["plugin_sha256"] = file_sha256(spec.strategy)
         config = json.loads(json.dumps(config, default=str))  # as stored: tuples become lists
         planned.append(Planned(spec, opts, runcache.RunIdentity(loaded.sha256, data.sha256, bsha, config)))
     return planned
@@ -104,7 +114,7 @@ def groups(pending: list[Planned]) -> list[list[Planned]]:
     out: dict[str, list[Planned]] = {}
     for p in pending:
         cfg = {k: v for k, v in p.ident.run_config.items() if k != "ngram"}
-        shareable = REGISTRY[p.spec.strategy].fixed_model
+        shareable = getattr(strategy_class(p.spec.strategy), "fixed_model", False)
         key = json.dumps(cfg, sort_keys=True) if shareable else p.spec.name
         out.setdefault(key, []).append(p)
     return list(out.values())

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     table = None if args.byte_sidecar else ByteTable.from_sentencepiece(args.tokenizer)
     decoded = decoded_bytes(data, args.tokenizer, table) if table is not None else None
     subject = make_subject(args, loaded, info)
+    if args.model:  # the user's model file is code the score needs (rule C8)
+        subject.code_files.append(args.model.rpartition(":")[0])
     t0 = time.perf_counter()
     try:
         checks = audit(subject, data, table, positions=args.positions, perturb=args.perturb,
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
+        if any(a == "--score-fn" or a.startswith("--score-fn=") for a in argv):
+            from evalkit.audit.blackbox import run as black_box, build_parser as black_box_parser
+
+            return black_box(black_box_parser().parse_args(argv))
         if "--self-test" in argv:
             from evalkit.audit.selftest import main as self_test
 

@@ -16,16 +16,27 @@ from evalkit.model.baseline import load_baseline
 from evalkit.data.shards import ByteTable, check_token_range, doc_starts, load_stream, read_byte_sidecar
 from evalkit.engine.context import EvalData
 from evalkit.errors import EvalkitError
+from evalkit.model.artifact import SIZE_CAP
 from evalkit.model.gpt import GPT, GPTConfig
+from evalkit.model.user import UserConfig, UserModel, wrap_user_module
 
 
 @dataclass
 class LoadedModel:
-    model: GPT
-    config: GPTConfig
+    model: GPT | UserModel
+    config: GPTConfig | UserConfig
     path: Path
-    sha256: str
-    nbytes: int
+    sha256: str  # of the artifact (with --model: of the artifact and the model's source file)
+    nbytes: int  # artifact bytes
+    code_bytes: int = 0  # with --model: the model file's bytes (counted code, rule C8)
+
+    def describe(self) -> str:
+        """`evalkit.artifact info`-style facts: parameters and bytes against the cap."""
+        total = self.nbytes + self.code_bytes
+        return (f"model {getattr(self.config, 'source', '') or self.path}: {self.model.num_params():,} parameters, "
+                f"vocab {self.config.vocab_size}, seq_len {self.config.train_seq_len}; artifact {self.nbytes:,} B + "
+                f"model code {self.code_bytes:,} B = {total:,} B (cap {SIZE_CAP:,} B, plus the code that trains "
+                "and evaluates)")
 
 
 def load_model(path: str, device: torch.device, baseline_config: str | None = None) -> LoadedModel:
@@ -50,6 +61,24 @@ def load_model(path: str, device: torch.device, baseline_config: str | None = No
         raise EvalkitError(f"{path}: tensors do not match the model config (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}); was it written by another evalkit version?")
     return LoadedModel(model.to(device).float().eval(), cfg, Path(path), sha, nbytes)
+
+
+def load_user_model(factory, path: str, device: torch.device, spec: str, seq_len: int | None,
+                    code: tuple[Path, str]) -> LoadedModel:
+    """`--model FILE.py:NAME`: NAME(path, device) builds the module (contract: evalkit/model/user.py)."""
+    try:
+        module = factory(path, device)
+    except EvalkitError:
+        raise
+    except Exception as e:  # user code: one line naming the call, not a traceback
+        raise EvalkitError(f"--model {spec}: {getattr(factory, '__name__', 'NAME')}({path!r}, {device}) raised "
+                           f"{type(e).__name__}: {e}") from None
+    model = wrap_user_module(module, spec, seq_len, device)
+    p = Path(path)
+    blob = p.read_bytes() if p.is_file() else b""
+    code_file, code_sha = code
+    sha = hashlib.sha256(hashlib.sha256(blob).digest() + bytes.fromhex(code_sha)).hexdigest()
+    return LoadedModel(model, model.cfg, p, sha, len(blob), code_file.stat().st_size)
 
 
 def load_data(val: str, tokenizer: str, vocab_size: int, limit_docs: int | None = None,

@@ -338,7 +338,10 @@ class GPT(nn.Module):
 
 def estimate_forward_flops(cfg: GPTConfig, tokens: int, context: int) -> float:
     """Forward FLOPs for `tokens` positions at average attention span `context`:
-    2 FLOPs per multiply-add in every matmul, plus the attention score/value products."""
+    2 FLOPs per multiply-add in every matmul, plus the attention score/value products.
+    A config that knows better (a --model module's, evalkit/model/user.py) gives its own."""
+    if hasattr(cfg, "forward_flops"):
+        return cfg.forward_flops(tokens, context)
     d, L = cfg.model_dim, cfg.num_layers
     kv = cfg.num_kv_heads * cfg.head_dim
     per_layer = 2 * (d * d * 2 + d * kv * 2 + 2 * d * cfg.mlp_hidden) + 4 * d * context

@@ -74,10 +74,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         hook(parser)
 
 
-def build_strategy(name: str, opts: argparse.Namespace):
+def strategy_class(name: str) -> type:
+    """A registered strategy, or a user plugin given as 'FILE.py:NAME' (strategies/plugins.py)."""
+    from evalkit.strategies.plugins import is_spec, load_plugin
+
+    if is_spec(name):
+        return load_plugin(name)
     if name not in REGISTRY:
         raise EvalkitError(f"--strategy {name}: unknown; choose from {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](opts)
+    return REGISTRY[name]
+
+
+def build_strategy(name: str, opts: argparse.Namespace):
+    return strategy_class(name)(opts)
 
 
 def check_window_opts(opts: argparse.Namespace) -> None:

@@ -169,7 +169,9 @@ class TTT(Strategy):
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("ttt: per-document LoRA test-time training")
-        g.add_argument("--ttt-targets", default="q,v,lm_head", help="adapted layers: q,k,v,o,mlp,lm_head")
+        g.add_argument("--ttt-targets", default="q,v,lm_head",
+                       help="adapted layers: q,k,v,o,mlp,lm_head or module-name patterns, e.g. "
+                            "'attn.c_q,attn.c_v,lm_head' (evalkit/model/lora.py)")
         g.add_argument("--ttt-rank", type=int, default=8, help="LoRA rank (default 8)")
         g.add_argument("--ttt-alpha", type=float, default=None, help="LoRA alpha; scale = alpha/rank (default rank)")
         g.add_argument("--ttt-optimizer", choices=("adamw", "sgd"), default="adamw")

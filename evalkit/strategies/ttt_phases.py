@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from evalkit.errors import EvalkitError
 from evalkit.engine.windows import Doc
-from evalkit.model.lora import TARGETS
+from evalkit.model.lora import parse_targets, resolve_targets
 
 
 
@@ -40,7 +40,8 @@ def add_phase_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--ttt-phase-group", type=int, default=4,
                    help="scored batches per global step (a multiple of the process count balances ranks)")
     g.add_argument("--ttt-phase-rank", type=int, default=16, help="lora mode: shared LoRA rank")
-    g.add_argument("--ttt-phase-targets", default="q,v,mlp", help="lora mode: layers (q,k,v,o,mlp)")
+    g.add_argument("--ttt-phase-targets", default="q,v,mlp",
+                   help="lora mode: layers (q,k,v,o,mlp, or module-name patterns like attn.c_q)")
 
 
 def parse_phases(spec: str) -> list[int]:
@@ -162,10 +163,12 @@ def shared_lora(model: torch.nn.Module, opts, seed: int) -> Iterator[list[torch.
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
-    names = [t.strip() for t in opts.ttt_phase_targets.split(",") if t.strip()]
-    if not names or any(n not in TARGETS or n == "lm_head" for n in names):
-        raise EvalkitError(f"--ttt-phase-targets {opts.ttt_phase_targets}: choose from q,k,v,o,mlp")
-    modules = [m for n in names for m in TARGETS[n]]
+    names = parse_targets(opts.ttt_phase_targets)
+    found, head = resolve_targets(model, names, "--ttt-phase-targets")
+    if head:
+        raise EvalkitError(f"--ttt-phase-targets {opts.ttt_phase_targets}: the GPT's head is not a Linear peft "
+                           "can wrap; choose from q,k,v,o,mlp or module-name patterns")
+    modules = [path for path, _ in found]  # peft matches a key ending in '.' + path
     torch.manual_seed(seed)  # peft draws A from the global RNG: same draw on every rank
     config = LoraConfig(r=opts.ttt_phase_rank, lora_alpha=opts.ttt_phase_rank, lora_dropout=0.0,
                         target_modules=modules)
