@@ -35,6 +35,8 @@ def parse_spec(spec: str) -> tuple[Path, str]:
     if not sep or not path or not name.isidentifier():
         raise EvalkitError(f"--plugin {spec}: expected FILE.py:NAME, e.g. --plugin my_strategy.py:MyStrategy")
     p = Path(path)
+    if not p.exists():
+        raise EvalkitError(f"--plugin {spec}: {path} not found; check the path (relative to the current directory)")
     if p.suffix != ".py" or not p.is_file():
         raise EvalkitError(f"--plugin {spec}: {path} is not a Python file; pass the path of a .py file")
     return p, name
