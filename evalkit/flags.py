@@ -8,8 +8,9 @@ import logging
 
 import torch
 
+from evalkit.cli import set_threads
 from evalkit.engine.dist import init_dist
-from evalkit.engine.inputs import load_data, load_model, load_user_model
+from evalkit.engine.inputs import check_tokenizer, load_data, load_model, load_user_model
 from evalkit.errors import EvalkitError
 from evalkit.model.gpt import GPT, GPTConfig
 from evalkit.strategies.registry import DEFAULT_BATCH_WINDOWS, add_common_args, check_window_opts
@@ -32,7 +33,11 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-docs", type=int, default=None, help="score only the first N documents")
     p.add_argument("--seed", type=int, default=1337, help="seeds torch (TTT adapter init)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: free physical cores / local processes, "
+                        "1 when the CPU is already busy; the choice is printed)")
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                   help="score even when --tokenizer differs from the one the artifact or shards record")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (for CUDA); compiled and warmed up on random tokens before "
@@ -52,8 +57,7 @@ def prepare(args: argparse.Namespace):
     if args.share_ngram:
         raise EvalkitError("--share-ngram: removed; every rank's n-gram cache now learns all scored positions in "
                            "plan order, so scores no longer depend on the process count: drop the flag")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.limit_docs is not None and args.limit_docs < 1:
         raise EvalkitError(f"--limit-docs {args.limit_docs}: must be >= 1")
     torch.manual_seed(args.seed)
@@ -70,6 +74,7 @@ def prepare(args: argparse.Namespace):
     else:
         loaded = load_model(args.artifact, info.device, args.baseline_config)
     data = load_data(args.val, args.tokenizer, loaded.config.vocab_size, args.limit_docs, args.byte_sidecar)
+    check_tokenizer(args.tokenizer, args.val, loaded, args.allow_tokenizer_mismatch)
     if args.seq_len is None:
         args.seq_len = loaded.config.train_seq_len
     if args.baseline_config and not args.drop_tail:

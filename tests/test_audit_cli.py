@@ -30,7 +30,8 @@ def test_cli_plugin_fails_with_exit_1(tiny_artifact, capsys) -> None:
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--plugin", "nope.py:X"], "--plugin nope.py:X: nope.py is not a Python file"),
+    (["--plugin", "nope.py:X"], "--plugin nope.py:X: nope.py not found"),
+    (["--plugin", "README.md:X"], "--plugin README.md:X: README.md is not a Python file"),
     (["--plugin", "evalkit/audit/gallery/hashed_ratio.py"], "expected FILE.py:NAME"),
     (["--plugin", "evalkit/audit/gallery/hashed_ratio.py:Nope"], "defines no 'Nope'; strategies there: HashedRatio"),
     (["--ngram", "mix:orders=2-3", "--ngram", "tilt:orders=2-3"], "audit one combination at a time"),

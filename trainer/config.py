@@ -25,6 +25,8 @@ class TrainConfig:
     iterations: int = 20000  # step cap; the wall-clock cap usually ends training first
     max_seconds: float = 600.0  # the challenge's 10-minute training budget
     reserve_seconds: float = 0.0  # kept back from max_seconds for GPTQ/export
+    on_max_seconds: str = "stop"  # "stop": the cap ends training (records); "abort": it is only a guard, and
+    # hitting it is an error, so a steps-schedule model never silently depends on machine load (demo)
     schedule: str = "time"  # "time": progress = elapsed / budget; "steps": step / iterations
     warmup_frac: float = 0.0  # LR warm-up, fraction of progress
     warmdown_frac: float = 0.3  # linear LR decay to 0 over the last fraction of progress

@@ -12,13 +12,16 @@ import logging
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from evalkit.data.shards import check_token_range, load_stream, resolve_glob
 from evalkit.engine.dist import DistInfo, init_dist, shutdown
-from evalkit.cli import CliParser, run_cli
+from evalkit.cli import CliParser, run_cli, set_threads
+from evalkit.data.tokenizer import RECORD_SUFFIX, file_sha256, recorded_tokenizer
+from evalkit.model.artifact import TOKENIZER_META
 from evalkit.errors import EvalkitError
 from evalkit.model.gpt import GPT
 from evalkit.engine.report import provenance
@@ -72,6 +75,11 @@ class Progress:
     def __init__(self, t, start: float, info: DistInfo | None = None):
         self.t, self.start = t, start
         self.budget = max(t.max_seconds - t.reserve_seconds, 1e-6)
+        if t.on_max_seconds not in ("stop", "abort"):
+            raise EvalkitError(f"on_max_seconds={t.on_max_seconds!r}: use stop or abort")
+        if t.on_max_seconds == "abort" and t.schedule != "steps":
+            raise EvalkitError("on_max_seconds=abort needs schedule=steps (a time schedule ends on the clock)")
+        self.by_steps_only = t.on_max_seconds == "abort"  # the clock may abort the run, never shape it
         self.group = clock_group(info) if info is not None and info.distributed else None
         self.now = 0.0
 
@@ -101,15 +109,23 @@ class Progress:
         # Steps left: by the step cap, or by the wall clock at the mean step time so far
         # (as the records do: a warmdown of N steps ends when the time budget does).
         left = t.iterations - step
-        if step > 0:
+        if step > 0 and not self.by_steps_only:
             left = min(left, (self.budget - self.elapsed()) / (self.elapsed() / step))
         return min(1.0, max(left, 0.0) / t.warmdown_steps) if t.warmdown_steps else 1.0
 
     def done(self, step: int) -> bool:
         """The stop rule; also fixes this step's clock (a collective under DDP: every rank
-        calls it once per step)."""
+        calls it once per step, so all ranks decide alike)."""
         self.tick()
-        return step >= self.t.iterations or self.elapsed() >= self.budget
+        if step >= self.t.iterations:
+            return True
+        if self.elapsed() < self.budget:
+            return False
+        if self.by_steps_only:
+            raise EvalkitError(f"training hit its {self.t.max_seconds:.0f} s guard after {step} of "
+                               f"{self.t.iterations} steps; stopping there would give a different model, so it "
+                               "aborts: free the CPU (or pass --threads), or raise max_seconds=...")
+        return True
 
 
 def clock_group(info: DistInfo):
@@ -189,6 +205,25 @@ def log_step(step: int, loss: float, scale: float, prog: Progress, tokens_per_st
              step, loss, scale, f"{step * tokens_per_step / max(el, 1e-9):,.0f}", el, eta)
 
 
+def training_tokenizer(tokenizer: str | None, train_glob: str) -> dict:
+    """{"tokenizer": name, TOKENIZER_META: sha256} for the artifact's meta, so scoring can refuse
+    another tokenizer: from --tokenizer, else from the record data prepare left beside the shards."""
+    rec = recorded_tokenizer(train_glob)
+    if tokenizer is not None:
+        if not Path(tokenizer).is_file():
+            raise EvalkitError(f"--tokenizer {tokenizer}: file not found; pass the .model the shards were written with")
+        sha = file_sha256(tokenizer)
+        if rec is not None and rec[1]["tokenizer_sha256"] != sha:
+            raise EvalkitError(f"--tokenizer {tokenizer} (sha256 {sha[:12]}) is not the tokenizer {rec[0]} records "
+                               f"(sha256 {rec[1]['tokenizer_sha256'][:12]}); pass that one")
+        return {"tokenizer": Path(tokenizer).name, TOKENIZER_META: sha}
+    if rec is None:
+        log.warning("warning: no --tokenizer and no *%s beside --train: the artifact will not record its tokenizer, "
+                    "so scoring cannot check it", RECORD_SUFFIX)
+        return {}
+    return {"tokenizer": rec[1].get("tokenizer", "?"), TOKENIZER_META: rec[1]["tokenizer_sha256"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
     p.add_argument("--preset", required=True, help=f"recipe name: {', '.join(available())}")
@@ -196,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="training shard glob, e.g. 'DIR/*_train_*.bin'")
     p.add_argument("--out", required=True, help="artifact path (.ptz)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: free physical cores / local processes, "
+                        "1 when the CPU is already busy; the choice is printed)")
+    p.add_argument("--tokenizer", default=None,
+                   help="the .model the shards were written with, recorded in the artifact (default: the "
+                        "NAME_tokenizer.json that data prepare wrote beside the shards)")
     p.add_argument("--quiet", action="store_true", help="no step lines")
     p.add_argument("overrides", nargs="*", help="key=value or section.key=value preset overrides")
     return p
@@ -204,10 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     preset = load_preset(args.preset, args.scale, args.overrides)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     info = init_dist(args.device)
     tokens = train_tokens(args.train)
+    tokenizer_meta = training_tokenizer(args.tokenizer, args.train)
     check_token_range(tokens, preset.model.vocab_size, args.train)
     record = provenance(preset=preset.to_dict(), train_glob=args.train, device=str(info.device),
                         world_size=info.world_size, params=GPT(preset.model).num_params())
@@ -225,7 +265,8 @@ def run(args: argparse.Namespace) -> dict:
                                             preset.train.seed + 999, info.device), preset.export.gptq_batches)
         record["artifact_bytes"] = export_artifact(args.out, preset.model, state, preset.export,
                                                    meta={k: record[k] for k in ("git", "versions", "stats")}
-                                                   | {"preset": args.preset, "scale": args.scale}, hessians=hess)
+                                                   | {"preset": args.preset, "scale": args.scale} | tokenizer_meta,
+                                                   hessians=hess)
     return record
 
 

@@ -26,7 +26,7 @@ from evalkit.cli import CliParser, run_cli
 from evalkit.errors import EvalkitError
 from evalkit.engine.fanout import evaluate_many
 from evalkit.ablate.grid import RunSpec, cli_runs, load_grid, per_run_actions, run_options
-from evalkit.ablate.plots import plot_bpb, plot_frontier
+from evalkit.ablate.plots import plot_bpb, plot_frontier, plot_subject
 from evalkit.engine.report import markdown_table, provenance, write_json
 from evalkit.flags import add_input_args, add_plugin_arg, prepare
 from evalkit.ablate.stats import DEFAULT_REPLICATES, DocSums, bpb_interval, compare
@@ -183,7 +183,7 @@ def build_rows(args, planned: list[Planned], records: dict, baseline: str, cfg) 
 TABLE_COLUMNS = [("name", "strategy", ""), ("val_bpb", "bpb", ".4f"), ("delta", "Δbpb", ""), ("ci", "95% CI", ""),
                  ("p", "p", ""), ("delta_n", "Δnats/tok", ""), ("p_m", "p(gain<0.005 nats)", ""),
                  ("seconds", "seconds", ".1f"), ("tokens_per_s", "tokens/s", ",.0f"),
-                 ("projected_8xh100_s", "8×H100 s (proj.)", ".4g")]
+                 ("projected_8xh100_s", "8×H100 s (proj.)", ",.2f")]  # one format for 0.06 and 216.20
 
 
 def table_md(rows: list[dict], baseline: str, args, device: str) -> str:
@@ -229,8 +229,9 @@ def write_outputs(args, rows: list[dict], records: dict, baseline: str, loaded, 
         w.writerows(flat)
     table = table_md(rows, baseline, args, info.device.type)
     (out / "table.md").write_text(table)
-    plot_bpb(rows, baseline, out / "bpb_by_strategy.png")
-    plot_frontier(rows, out / "bpb_vs_time.png")
+    subject = plot_subject(loaded.path, rows[0]["docs"])
+    plot_bpb(rows, baseline, out / "bpb_by_strategy.png", subject)
+    plot_frontier(rows, out / "bpb_vs_time.png", subject=subject)
     print(table)
     return out
 

@@ -82,7 +82,7 @@ def load_grid(path: str | Path, actions: dict) -> tuple[list[RunSpec], str | Non
     try:
         doc = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise EvalkitError(f"{where}: file not found") from None
+        raise EvalkitError(f"{where}: file not found; check the path, or copy examples/grid.toml") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise EvalkitError(f"{where}: not valid TOML ({e}); see examples/grid.toml") from None
     unknown = set(doc) - {"run", "baseline"}

@@ -1,4 +1,7 @@
-"""Ablation plots (matplotlib, Agg: no display needed): what each strategy buys, and at what cost."""
+"""Ablation plots (matplotlib, Agg: no display needed): what each strategy buys, and at what cost.
+
+`subject` (the artifact's file name and the number of documents, see `plot_subject`) goes
+into each title, so a plot that leaves its directory still says what it measured."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 EVAL_BUDGET_S = 600.0  # the challenge's eval limit on 8xH100
 
 
-def plot_bpb(rows: list[dict], baseline: str, path: str | Path) -> Path:
+def plot_bpb(rows: list[dict], baseline: str, path: str | Path, subject: str = "") -> Path:
     """Left: each strategy's bpb with its unpaired 95% interval (document sampling).
     Right: the paired difference from the baseline with its 95% interval, which is the
     one to read: pairing removes the documents' shared difficulty."""
@@ -31,11 +34,11 @@ def plot_bpb(rows: list[dict], baseline: str, path: str | Path) -> Path:
     right.set_xlabel(f"Δ bpb vs {baseline} (paired 95% interval)")
     for ax in (left, right):
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("bpb by strategy")
+    fig.suptitle("bpb by strategy" + (f": {subject}" if subject else ""))
     return _save(fig, path)
 
 
-def plot_frontier(rows: list[dict], path: str | Path, budget_s: float = EVAL_BUDGET_S) -> Path:
+def plot_frontier(rows: list[dict], path: str | Path, budget_s: float = EVAL_BUDGET_S, subject: str = "") -> Path:
     """bpb against projected 8xH100 eval seconds; the line joins the strategies that no
     other strategy beats on both (the cost/benefit frontier)."""
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -53,8 +56,12 @@ def plot_frontier(rows: list[dict], path: str | Path, budget_s: float = EVAL_BUD
     ax.set_ylabel("val_bpb")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("bpb vs eval time")
+    ax.set_title("bpb vs eval time" + (f": {subject}" if subject else ""), fontsize=10)
     return _save(fig, path)
+
+
+def plot_subject(artifact: str | Path, docs: int) -> str:
+    return f"{Path(artifact).name}, {docs:,} documents"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

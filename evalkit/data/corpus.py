@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from evalkit.cli import CliParser, run_cli
-from evalkit.data.prepare import make_dir, prepare
+from evalkit.data.prepare import NORMALIZED_NOTE, make_dir, prepare
 from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,9 @@ def report(r: dict) -> None:
     print(f"tokenizer {r['tokenizer']} (vocab {r['vocab_size']})")
     for split in ("train", "val"):
         s = r[split]
-        print(f"{split:<5} docs {s['docs']:>6,}  tokens {s['tokens']:>10,}  bytes {s['bytes']:>11,}  {s['glob']}")
+        print(f"{split:<5} docs {s['docs']:>6,}  tokens {s['tokens']:>10,}  bytes {s['bytes']:>11,}  "
+              f"(raw text {s['text_bytes']:,})  {s['glob']}")
+    print(NORMALIZED_NOTE)
     print(f"done in {r['seconds']:.1f} s")
 
 

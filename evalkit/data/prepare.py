@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evalkit.cli import CliParser, run_cli
 from evalkit.data.shards import ByteTable, doc_starts, load_stream, write_shards
-from evalkit.data.tokenizer import BOS_ID, load_sentencepiece, tokenize_documents, train_tokenizer
+from evalkit.data.tokenizer import BOS_ID, load_sentencepiece, tokenize_documents, train_tokenizer, write_record
 from evalkit.errors import EvalkitError
 
 _TXT_DOC_SEP = re.compile(r"\f|\n[ \t]*\n(?:[ \t]*\n)+")
@@ -47,7 +47,8 @@ def read_documents(path: str | Path) -> list[str]:
         docs = [d.strip("\n") for d in _TXT_DOC_SEP.split(text)]
     docs = [d for d in docs if d.strip()]
     if not docs:
-        raise EvalkitError(f"--input {path}: no documents found")
+        raise EvalkitError(f"--input {path}: no documents found; a .jsonl needs one {{\"text\": ...}} object per "
+                           "line, other files hold text with documents separated by two blank lines")
     return docs
 
 
@@ -59,7 +60,9 @@ def prepare(
     val_docs: int | None = None,
     name: str = "data",
 ) -> dict:
-    """Documents -> DIR/tokenizer.model + NAME_{train,val}_NNNNNN.bin; returns paths and counts."""
+    """Documents -> DIR/tokenizer.model + NAME_{train,val}_NNNNNN.bin + NAME_tokenizer.json (the
+    tokenizer's SHA-256, which the trainer copies into the artifact and scoring checks);
+    returns paths and counts."""
     if (tokenizer is None) == (train_vocab is None):
         raise EvalkitError("prepare: give exactly one of --tokenizer and --train-tokenizer")
     docs = read_documents(input_path)
@@ -78,7 +81,8 @@ def prepare(
     if load_sentencepiece(model).bos_id() != BOS_ID:
         raise EvalkitError(f"tokenizer {tokenizer}: BOS id must be {BOS_ID} like the challenge's")
     table = ByteTable.from_sentencepiece(model)
-    result: dict = {"tokenizer": model, "vocab_size": table.vocab_size}
+    result: dict = {"tokenizer": model, "vocab_size": table.vocab_size,
+                    "record": write_record(out, name, model, table.vocab_size)}
     for split, split_docs in (("train", train), ("val", val)):
         tokens = tokenize_documents(split_docs, model)
         write_shards(out, f"{name}_{split}", tokens)
@@ -93,6 +97,9 @@ def prepare(
 
 
 # ---------------------------------------------------------------- CLI
+
+NORMALIZED_NOTE = ("bytes: UTF-8 bytes of the text the tokens decode to, which val_bpb divides by; the tokenizer "
+                   "normalizes (NFKC, whitespace), so they can differ from the raw text's bytes")
 
 
 def make_dir(path: str | Path, flag: str) -> Path:
@@ -138,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s = r[split]
                 _print_counts(split, s["docs"], s["tokens"], s["bytes"], s["text_bytes"])
                 print(f"       {s['glob']}")
+            print(NORMALIZED_NOTE)
+            print(f"tokenizer SHA-256 recorded in {r['record']}")
         else:
             tokens = load_stream(args.glob, flag="glob")
             nbytes = None

@@ -6,7 +6,11 @@ byte-identical model file wherever it is written.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import io
+import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -92,3 +96,45 @@ def train_tokenizer(docs: list[str], vocab_size: int, out_prefix: Path) -> Path:
     if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
         raise EvalkitError(f"--train-tokenizer: trained {model} lacks '▁' as a piece; give more text")
     return model
+
+
+# ---------------------------------------------------------------- identity
+# Two tokenizers with the same vocab size give shards and byte counts that look valid
+# together and a wrong val_bpb; so a tokenizer is identified by the SHA-256 of its file,
+# recorded beside the shards (by `data prepare`) and in the artifact (by the trainer).
+RECORD_SUFFIX = "_tokenizer.json"
+_SHARD_NAME = re.compile(r"^(?P<name>.+)_(?:train|val)_\d+\.bin$")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_path(out_dir: str | Path, name: str) -> Path:
+    """DIR/NAME_tokenizer.json: the record of the tokenizer NAME_{train,val}_*.bin were written with."""
+    return Path(out_dir) / f"{name}{RECORD_SUFFIX}"
+
+
+def write_record(out_dir: str | Path, name: str, model: str | Path, vocab_size: int) -> Path:
+    path = record_path(out_dir, name)
+    path.write_text(json.dumps({"tokenizer": Path(model).name, "tokenizer_sha256": file_sha256(model),
+                                "vocab_size": vocab_size}, indent=1) + "\n")
+    return path
+
+
+def recorded_tokenizer(shard_glob: str) -> tuple[Path, dict] | None:
+    """(record path, {"tokenizer", "tokenizer_sha256", ...}) for shards `data prepare`
+    wrote, None for shards without a record (e.g. the challenge's own)."""
+    for shard in sorted(glob.glob(shard_glob)):
+        m = _SHARD_NAME.match(Path(shard).name)
+        path = record_path(Path(shard).parent, m["name"]) if m else None
+        if path is not None and path.is_file():
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise EvalkitError(f"{path}: unreadable tokenizer record ({e}); rerun data prepare") from None
+            if isinstance(rec, dict) and isinstance(rec.get("tokenizer_sha256"), str):
+                return path, rec
+            raise EvalkitError(f"{path}: no tokenizer_sha256 in the record; delete it or rerun data prepare")
+        return None  # shards share one directory and name: the first decides
+    return None

@@ -6,13 +6,15 @@ validation glob, the tokenizer (its byte table) and an optional byte sidecar.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from evalkit.model.artifact import load_artifact
+from evalkit.model.artifact import TOKENIZER_META, load_artifact
 from evalkit.model.baseline import load_baseline
+from evalkit.data.tokenizer import file_sha256, recorded_tokenizer
 from evalkit.data.shards import ByteTable, check_token_range, doc_starts, load_stream, read_byte_sidecar
 from evalkit.engine.context import EvalData
 from evalkit.errors import EvalkitError
@@ -29,6 +31,7 @@ class LoadedModel:
     sha256: str  # of the artifact (with --model: of the artifact and the model's source file)
     nbytes: int  # artifact bytes
     code_bytes: int = 0  # with --model: the model file's bytes (counted code, rule C8)
+    meta: dict | None = None  # the artifact header's meta; None for a baseline export or --model
 
     def describe(self) -> str:
         """`evalkit.artifact info`-style facts: parameters and bytes against the cap."""
@@ -42,10 +45,11 @@ class LoadedModel:
 def load_model(path: str, device: torch.device, baseline_config: str | None = None) -> LoadedModel:
     if baseline_config:
         cfg, state, blob = load_baseline(path, baseline_config)
-        sha, nbytes = hashlib.sha256(blob).hexdigest(), len(blob)
+        sha, nbytes, meta = hashlib.sha256(blob).hexdigest(), len(blob), None
     else:
         art = load_artifact(path)
         cfg, state, sha, nbytes = art.config, art.state_dict, art.sha256, art.nbytes
+        meta = art.header.get("meta") or {}
     try:
         model = GPT(cfg)
     except ValueError as e:  # a config the model cannot be built from (head sizes, recurrence range)
@@ -60,7 +64,7 @@ def load_model(path: str, device: torch.device, baseline_config: str | None = No
     if missing or unexpected:
         raise EvalkitError(f"{path}: tensors do not match the model config (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}); was it written by another evalkit version?")
-    return LoadedModel(model.to(device).float().eval(), cfg, Path(path), sha, nbytes)
+    return LoadedModel(model.to(device).float().eval(), cfg, Path(path), sha, nbytes, meta=meta)
 
 
 def load_user_model(factory, path: str, device: torch.device, spec: str, seq_len: int | None,
@@ -100,3 +104,33 @@ def load_data(val: str, tokenizer: str, vocab_size: int, limit_docs: int | None 
     else:
         target_bytes = table.target_bytes(tokens)
     return EvalData(tokens, target_bytes, doc_starts(tokens), source=val)
+
+
+_WARNED: set[str] = set()  # artifacts already warned about, so ablate's many runs warn once
+
+
+def check_tokenizer(tokenizer: str, val: str, loaded: LoadedModel, allow_mismatch: bool = False) -> None:
+    """--tokenizer must be the file the artifact was trained with and the shards were
+    written with, when they record it (by SHA-256): a same-size vocabulary from another
+    tokenizer would count other bytes and give a wrong val_bpb without any other error."""
+    sha = file_sha256(tokenizer)
+    claims = []  # (who, what they record)
+    if loaded.meta is not None:
+        if loaded.meta.get(TOKENIZER_META):
+            claims.append((str(loaded.path), loaded.meta.get("tokenizer", "?"), loaded.meta[TOKENIZER_META]))
+        elif str(loaded.path) not in _WARNED:
+            _WARNED.add(str(loaded.path))
+            print(f"warning: {loaded.path} records no tokenizer (exported before evalkit recorded one): cannot "
+                  f"check --tokenizer {tokenizer}; re-export it to record it", file=sys.stderr)
+    rec = recorded_tokenizer(val)
+    if rec is not None:
+        claims.append((str(rec[0]), rec[1].get("tokenizer", "?"), rec[1]["tokenizer_sha256"]))
+    for who, name, want in claims:
+        if want == sha:
+            continue
+        msg = (f"--tokenizer {tokenizer} (sha256 {sha[:12]}) is not the tokenizer {who} records ({name}, sha256 "
+               f"{want[:12]})")
+        if not allow_mismatch:
+            raise EvalkitError(f"{msg}; pass that tokenizer, or --allow-tokenizer-mismatch to score anyway")
+        print(f"warning: {msg}; scoring anyway (--allow-tokenizer-mismatch): bytes may be miscounted",
+              file=sys.stderr)

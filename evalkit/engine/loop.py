@@ -8,8 +8,11 @@ ledger, so every built-in is score-first by construction and the audit can check
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,10 +97,30 @@ def make_mixer(model: GPT, data: EvalData, spec: str | None):
 
     try:
         mixer = parse_ngram_spec(model.cfg.vocab_size, spec)
-    except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs
-        raise EvalkitError(f"--ngram {spec}: {e}") from e
+    except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs, already "--ngram SPEC: ..."
+        raise EvalkitError(str(e)) from None
+    announce_compile()
     mixer.bind(data.tokens)
     return mixer
+
+
+_ANNOUNCED = False
+
+
+def announce_compile() -> None:
+    """Numba compiles the n-gram kernels on their first call and caches them on disk; say so
+    before the first run's silent minute rather than after it."""
+    global _ANNOUNCED
+    if _ANNOUNCED:
+        return
+    _ANNOUNCED = True
+    import caches.kernels as kernels
+
+    where = os.environ.get("NUMBA_CACHE_DIR")
+    root = Path(where) if where else Path(kernels.__file__).parent / "__pycache__"
+    cached = root.is_dir() and any(root.rglob("kernels.*.nbi"))
+    if not cached:
+        print(f"compiling n-gram kernels (first run only, cached in {root}) ...", file=sys.stderr, flush=True)
 
 
 def mixer_label(strategy, mixer) -> str:

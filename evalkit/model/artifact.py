@@ -38,9 +38,13 @@ READABLE_VERSIONS = (1, 2)  # 1: no header checksum
 MAX_RAW_BYTES = 1 << 30  # decompressed payload limit: 64x the size cap, far above any real artifact
 SIZE_CAP = 16_000_000  # decimal bytes: artifact + counted code (challenge rule C8)
 # The code a scorer needs to rebuild and run the model from the artifact; the challenge
-# counts the submission's code bytes against the cap, so we count these.
+# counts the submission's code bytes against the cap, so we count these: the files the
+# model and the format import, closed under imports (tests/test_readme.py checks it).
 COUNTED_CODE = ("evalkit/model/gpt.py", "evalkit/model/layers.py", "evalkit/model/quant.py",
-                "evalkit/model/artifact.py")
+                "evalkit/model/artifact.py", "evalkit/errors.py")
+# header["meta"] keys naming the tokenizer the model was trained with (file name, SHA-256
+# of the file): scoring checks --tokenizer against them (evalkit.engine.inputs).
+TOKENIZER_META = "tokenizer_sha256"
 _DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
 
 
@@ -179,7 +183,8 @@ def read_header(path: str | Path) -> tuple[dict, bytes, bytes]:
     blob = path.read_bytes()
     if len(blob) < 16 or blob[:8] != MAGIC:
         zlib_stream = blob[:2] == b"x\xda"  # the baseline script's export is zlib(torch.save(...))
-        hint = " (it looks like a baseline torch.save export: add --baseline-config H.json)" if zlib_stream else ""
+        hint = ("; it looks like a baseline torch.save export: add --baseline-config H.json" if zlib_stream
+                else "; pass a .ptz written by python -m trainer.train")
         raise EvalkitError(f"{path}: not an evalkit artifact (bad magic){hint}")
     version, hlen = struct.unpack("<II", blob[8:16])
     if version not in READABLE_VERSIONS:
@@ -270,6 +275,9 @@ def info(path: str | Path) -> str:
     lines += [f"artifact bytes: {len(blob):,}", f"counted code bytes: {code:,} ({', '.join(COUNTED_CODE)})",
               f"total: {total:,} of {SIZE_CAP:,} ({'OK' if total <= SIZE_CAP else 'OVER'}, "
               f"margin {SIZE_CAP - total:,})"]
-    if header.get("meta"):
-        lines.append("meta: " + json.dumps(header["meta"]))
+    meta = header.get("meta") or {}
+    lines.append(f"tokenizer: {meta.get('tokenizer', '?')} sha256 {meta[TOKENIZER_META]}" if meta.get(TOKENIZER_META)
+                 else "tokenizer: not recorded (exported before evalkit recorded it; scoring cannot check it)")
+    if meta:
+        lines.append("meta: " + json.dumps(meta))
     return "\n".join(lines)

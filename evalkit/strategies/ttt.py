@@ -181,7 +181,8 @@ class TTT(Strategy):
         g.add_argument("--ttt-wd", type=float, default=0.0, help="weight decay")
         g.add_argument("--ttt-momentum", type=float, default=0.0, help="SGD momentum")
         g.add_argument("--ttt-chunk", type=int, default=48, help="targets scored, then trained on, per step")
-        g.add_argument("--ttt-context", type=int, default=2048, help="max tokens a chunk's window holds")
+        g.add_argument("--ttt-context", type=int, default=None,
+                       help="max tokens a chunk's window holds (default --seq-len: the artifact's train_seq_len)")
         g.add_argument("--ttt-batch", type=int, default=16, help="documents adapted side by side")
         g.add_argument("--ttt-steps", type=int, default=1, help="optimizer steps per scored chunk")
         g.add_argument("--ttt-warm-a", action="store_true",
@@ -195,6 +196,10 @@ class TTT(Strategy):
     def __init__(self, opts: argparse.Namespace):
         super().__init__(opts)
         o = opts
+        # Lengths follow the model: a context longer than it was trained on costs time and
+        # buys nothing (the default used to be 2048 whatever the artifact).
+        o.ttt_context = o.ttt_context or o.seq_len
+        o.ttt_phase_seq = o.ttt_phase_seq or o.seq_len
         self.targets = parse_targets(o.ttt_targets)
         for flag, v, lo in (("--ttt-chunk", o.ttt_chunk, 1), ("--ttt-batch", o.ttt_batch, 1),
                             ("--ttt-steps", o.ttt_steps, 1), ("--ttt-rank", o.ttt_rank, 1),

@@ -35,8 +35,8 @@ def add_phase_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--ttt-phase-lr", type=float, default=3e-3, help="peak lr, cosine-decayed within a phase")
     g.add_argument("--ttt-phase-momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--ttt-phase-clip", type=float, default=1.0, help="global grad-norm clip (0: none)")
-    g.add_argument("--ttt-phase-seq", type=int, default=1024, help="tokens per training sequence (documents "
-                   "are cut, never joined)")
+    g.add_argument("--ttt-phase-seq", type=int, default=None, help="tokens per training sequence (documents "
+                   "are cut, never joined; default --seq-len: the artifact's train_seq_len)")
     g.add_argument("--ttt-phase-group", type=int, default=4,
                    help="scored batches per global step (a multiple of the process count balances ranks)")
     g.add_argument("--ttt-phase-rank", type=int, default=16, help="lora mode: shared LoRA rank")
