@@ -64,7 +64,7 @@ def test_each_illegal_fn_fails_its_check(capsys, fn, extra, check, needle) -> No
 
 @pytest.mark.parametrize("spec, needle", [
     (f"{FNS}:nope", "defines no 'nope'; defined there:"),
-    ("nope.py:f", "nope.py is not a Python file"),
+    ("nope.py:f", "nope.py not found; check the path"),
 ])
 def test_bad_score_fn_is_one_line(capsys, spec, needle) -> None:
     require_shared()

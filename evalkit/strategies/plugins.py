@@ -60,7 +60,7 @@ def parse_spec(spec: str, flag: str = "--plugin") -> tuple[Path, str]:
         raise EvalkitError(f"{flag} {spec}: expected FILE.py:NAME, e.g. {flag} my_file.py:MyName")
     p = Path(path)
     if not p.exists():
-        raise EvalkitError(f"--plugin {spec}: {path} not found; check the path (relative to the current directory)")
+        raise EvalkitError(f"{flag} {spec}: {path} not found; check the path (relative to the current directory)")
     if p.suffix != ".py" or not p.is_file():
         raise EvalkitError(f"{flag} {spec}: {path} is not a Python file; pass the path of a .py file")
     return p, name
