@@ -26,8 +26,10 @@ def run_cli(body: Callable[[], int | None], cleanup: Callable[[], None] | None =
     is the exit code; EvalkitError -> one line on stderr and EXIT_BAD_INPUT."""
     try:
         rc = body()
+        flush_notes()
         return 0 if rc is None else int(rc)
     except EvalkitError as e:
+        _NOTES.clear()  # bad input: the error is the only line
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
@@ -79,13 +81,35 @@ def thread_policy(requested: int | None = None) -> tuple[int, str]:
     return per, f"{cores} cores / {local} local process{'es' if local > 1 else ''}, load {load:.1f}"
 
 
-def set_threads(requested: int | None = None) -> int:
-    """Apply thread_policy to torch and print the choice in one line (rank 0 only)."""
+def set_threads(requested: int | None = None, announce: bool = True) -> str:
+    """Apply thread_policy to torch; print the choice in one line (rank 0 only) unless
+    `announce` is False. Returns that line, for a caller that prints it later (after its
+    inputs are checked, so that bad input still gets exactly one line)."""
     import torch  # lazily: data and model commands that never run a model do not pay for it
 
     n, why = thread_policy(requested)
     torch.set_num_threads(n)
-    if os.environ.get("RANK", "0") == "0":
-        tail = "" if why == "--threads" else "; --threads N overrides"
-        print(f"threads: {n} ({why}{tail})", file=sys.stderr, flush=True)
-    return n
+    tail = "" if why == "--threads" else "; --threads N overrides"
+    line = f"threads: {n} ({why}{tail})"
+    if announce:
+        announce_line(line)
+    return line
+
+
+_NOTES: list[str] = []  # informational lines held back until the work starts
+
+
+def announce_line(line: str, defer: bool = False) -> None:
+    """One informational line on stderr, from rank 0 only. `defer`: hold it until
+    `flush_notes` (the engine calls it when evaluation starts), so that a command that
+    stops on bad input prints its one error line and nothing else."""
+    if defer:
+        _NOTES.append(line)
+    elif os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+
+
+def flush_notes() -> None:
+    """Print the deferred informational lines (once)."""
+    while _NOTES:
+        announce_line(_NOTES.pop(0))

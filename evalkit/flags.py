@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from evalkit.cli import set_threads
+from evalkit.cli import announce_line, set_threads
 from evalkit.engine.dist import init_dist
 from evalkit.engine.inputs import check_tokenizer, load_data, load_model, load_user_model
 from evalkit.errors import EvalkitError
@@ -57,7 +57,7 @@ def prepare(args: argparse.Namespace):
     if args.share_ngram:
         raise EvalkitError("--share-ngram: removed; every rank's n-gram cache now learns all scored positions in "
                            "plan order, so scores no longer depend on the process count: drop the flag")
-    set_threads(args.threads)
+    threads = set_threads(args.threads, announce=False)
     if args.limit_docs is not None and args.limit_docs < 1:
         raise EvalkitError(f"--limit-docs {args.limit_docs}: must be >= 1")
     torch.manual_seed(args.seed)
@@ -74,7 +74,6 @@ def prepare(args: argparse.Namespace):
     else:
         loaded = load_model(args.artifact, info.device, args.baseline_config)
     data = load_data(args.val, args.tokenizer, loaded.config.vocab_size, args.limit_docs, args.byte_sidecar)
-    check_tokenizer(args.tokenizer, args.val, loaded, args.allow_tokenizer_mismatch)
     if args.seq_len is None:
         args.seq_len = loaded.config.train_seq_len
     if args.baseline_config and not args.drop_tail:
@@ -83,6 +82,8 @@ def prepare(args: argparse.Namespace):
     if args.batch_windows is None:
         args.batch_windows = default_batch_windows(loaded.config, args.seq_len, info.device)
     check_window_opts(args)
+    check_tokenizer(args.tokenizer, args.val, loaded, args.allow_tokenizer_mismatch)  # last: it may warn
+    announce_line(threads, defer=True)  # printed when evaluation starts: bad input stays one line
     args.compile_seconds = None
     if args.compile:
         args.compile_seconds = compile_model(loaded.model, args.seq_len, args.batch_windows, info.device)

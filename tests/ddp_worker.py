@@ -22,7 +22,7 @@ import torch
 from evalkit.engine.dist import init_dist, shutdown
 
 TINY = ["model.num_layers=2", "model.model_dim=64", "train_seq_len=32", "batch_tokens=192", "log_every=100000",
-        "iterations=100000", "max_seconds=2.5", "warmdown_frac=0.5"]
+        "iterations=100000", "max_seconds=2.5", "warmdown_frac=0.5", "on_max_seconds=stop"]
 
 
 def digest(state: dict) -> str:

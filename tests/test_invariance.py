@@ -165,7 +165,7 @@ def test_a_cache_that_replays_ahead_is_stopped():
     # a strategy whose cache "replays" the next batch before scoring this one would score
     # from a state that already holds those tokens; the ledger stops it at that score
     from evalkit.engine.ledger import LedgerViolation
-    from evalkit.strategies.sliding import Sliding, score_batch, scored_positions
+    from evalkit.strategies.sliding import Sliding, batch_log_probs, scored_positions
 
     class Ahead(Sliding):
         def run(self, ctx):
@@ -173,7 +173,7 @@ def test_a_cache_that_replays_ahead_is_stopped():
             with torch.inference_mode():
                 for i in range(0, len(windows), 4):
                     ctx.learn_elsewhere(scored_positions(windows[i + 4:i + 8]))
-                    score_batch(ctx, windows[i:i + 4])
+                    ctx.score(*batch_log_probs(ctx, windows[i:i + 4]))
 
     opts = opts_for(["--seq-len", "32", "--stride", "8"])
     with pytest.raises(LedgerViolation, match="C3 score before update: sliding\\+mix scored position"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from evalkit.cli import flush_notes
 from evalkit.engine.dist import DistInfo
 from evalkit.engine.context import EvalContext, EvalData
 from evalkit.engine.loop import Result, make_mixer, mixer_label, reduce_result, run_config, run_timed, warm_up
@@ -87,6 +88,7 @@ def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_sp
         label = mixer_label(strategy, mixer)
         children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, progress=False))
     ctx = FanoutContext(children, progress)
+    flush_notes()  # the inputs passed every check: now the informational lines
     compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=any(c.mixer is not None for c in children))
     ctx.own_seconds = [0.0] * len(children)  # the warm-up is not the children's scoring time
     shared = run_timed(strategy, ctx, model, info.device) - sum(ctx.own_seconds)

@@ -6,7 +6,6 @@ validation glob, the tokenizer (its byte table) and an optional byte sidecar.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from evalkit.model.baseline import load_baseline
 from evalkit.data.tokenizer import file_sha256, recorded_tokenizer
 from evalkit.data.shards import ByteTable, check_token_range, doc_starts, load_stream, read_byte_sidecar
 from evalkit.engine.context import EvalData
+from evalkit.cli import announce_line
 from evalkit.errors import EvalkitError
 from evalkit.model.artifact import SIZE_CAP
 from evalkit.model.gpt import GPT, GPTConfig
@@ -120,8 +120,8 @@ def check_tokenizer(tokenizer: str, val: str, loaded: LoadedModel, allow_mismatc
             claims.append((str(loaded.path), loaded.meta.get("tokenizer", "?"), loaded.meta[TOKENIZER_META]))
         elif str(loaded.path) not in _WARNED:
             _WARNED.add(str(loaded.path))
-            print(f"warning: {loaded.path} records no tokenizer (exported before evalkit recorded one): cannot "
-                  f"check --tokenizer {tokenizer}; re-export it to record it", file=sys.stderr)
+            announce_line(f"warning: {loaded.path} records no tokenizer (exported before evalkit recorded one): "
+                          f"cannot check --tokenizer {tokenizer}; re-export it to record it", defer=True)
     rec = recorded_tokenizer(val)
     if rec is not None:
         claims.append((str(rec[0]), rec[1].get("tokenizer", "?"), rec[1]["tokenizer_sha256"]))
@@ -132,5 +132,5 @@ def check_tokenizer(tokenizer: str, val: str, loaded: LoadedModel, allow_mismatc
                f"{want[:12]})")
         if not allow_mismatch:
             raise EvalkitError(f"{msg}; pass that tokenizer, or --allow-tokenizer-mismatch to score anyway")
-        print(f"warning: {msg}; scoring anyway (--allow-tokenizer-mismatch): bytes may be miscounted",
-              file=sys.stderr)
+        announce_line(f"warning: {msg}; scoring anyway (--allow-tokenizer-mismatch): bytes may be miscounted",
+                      defer=True)

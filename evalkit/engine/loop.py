@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evalkit.cli import flush_notes
 from evalkit.engine.dist import DistInfo, all_reduce_sum
 from evalkit.errors import EvalkitError
 from evalkit.engine.ledger import Ledger, LedgerViolation
@@ -169,6 +170,7 @@ def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: s
     """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer: warm up
     outside the clock, then time the run."""
     mixer = make_mixer(model, data, mixer_spec)
+    flush_notes()  # the inputs passed every check: now the informational lines (threads, warnings)
     label = mixer_label(strategy, mixer)
     ledger = Ledger(data.n_tokens, probe_positions=probe_positions)
     ctx = EvalContext(model, data, ledger, label, info, mixer, progress)

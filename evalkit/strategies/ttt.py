@@ -199,7 +199,7 @@ class TTT(Strategy):
         # Lengths follow the model: a context longer than it was trained on costs time and
         # buys nothing (the default used to be 2048 whatever the artifact).
         o.ttt_context = o.ttt_context or o.seq_len
-        o.ttt_phase_seq = o.ttt_phase_seq or o.seq_len
+        o.ttt_phase_seq = o.ttt_phase_seq or o.seq_len or o.ttt_context
         self.targets = parse_targets(o.ttt_targets)
         for flag, v, lo in (("--ttt-chunk", o.ttt_chunk, 1), ("--ttt-batch", o.ttt_batch, 1),
                             ("--ttt-steps", o.ttt_steps, 1), ("--ttt-rank", o.ttt_rank, 1),
