@@ -92,3 +92,15 @@ def test_device_entropy_is_the_float64_reference():
     got, want = device_entropy(lp).numpy(), row_entropy(lp.numpy())
     print(f"OK, maxdiff = {np.abs(got - want).max():.3e} (torch float64 vs caches reference)")
     assert np.isfinite(got).all() and np.abs(got - want).max() <= 1e-12
+
+
+def test_result_reports_where_the_cache_acted():
+    model, info, data = random_model(tiny_config()), DistInfo(), repeating_data()
+    result, _ = evaluate(model, data, build_strategy("sliding", opts(16)), info, "tilt:preset=records",
+                         progress=False)
+    s = result.summary()
+    print({k: s[k] for k in ("ngram_stats", "ngram_acted", "ngram_hint_right")})
+    assert s["ngram_stats"]["positions"] == result.tokens
+    assert 0 < s["ngram_acted"] < 1 and 0 < s["ngram_hint_right"] <= 1
+    plain, _ = evaluate(model, data, build_strategy("sliding", opts(16)), info, None, progress=False)
+    assert "ngram_acted" not in plain.summary()
