@@ -23,7 +23,7 @@ from evalkit.errors import EvalkitError
 
 # Flags that describe the inputs or the process, shared by every run of one ablation.
 GLOBAL_DESTS = frozenset({"help", "artifact", "val", "tokenizer", "byte_sidecar", "baseline_config", "limit_docs",
-                          "device", "threads", "no_progress"})
+                          "device", "threads", "no_progress", "model", "plugin"})
 
 
 @dataclass(frozen=True)

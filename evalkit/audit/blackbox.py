@@ -337,7 +337,7 @@ NOT_CHECKED = [
 
 
 # -- command line -----------------------------------------------------------------------
-def build_parser(prog: str = "python -m evalkit.audit --score-fn") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m evalkit.audit") -> argparse.ArgumentParser:
     p = CliParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--score-fn", required=True, metavar="FILE.py:NAME",
                    help="NAME(tokens (n,)) -> (n - 1,) NLL in nats of every target (evalkit/audit/blackbox.py)")

@@ -7,6 +7,7 @@ one whole document replaced. One row per check: PASS/FAIL, what was tried and, o
 failure, the first offending position with expected vs got. Exit 0 if every check
 passes, 1 if any fails, 2 on bad input. `--self-test` audits the built-ins and the
 gallery of illegal strategies (evalkit/audit/gallery) on a tiny model and prints the matrix.
+`--score-fn FILE.py:NAME` audits any eval loop as a black box instead (audit/blackbox.py).
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def build_parser(prog: str = "python -m evalkit.audit") -> argparse.ArgumentPars
     p.add_argument("--strategy", default="sliding", help="registered strategy to audit (default sliding)")
     p.add_argument("--plugin", default=None,
                    help="audit a user strategy instead: FILE.py:CLASS (evalkit/strategies/plugins.py)")
+    p.add_argument("--score-fn", default=None, metavar="FILE.py:NAME",
+                   help="audit any eval loop as a black box instead (no ARTIFACT; see evalkit/audit/blackbox.py "
+                        "and python -m evalkit.audit --score-fn X --help)")
     p.add_argument("--positions", type=int, default=256, help="positions whose full distribution is checked (C2)")
     p.add_argument("--perturb", type=int, default=4,
                    help="targets replaced one at a time (C1, C3, C5); one re-run each")
