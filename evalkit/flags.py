@@ -98,10 +98,13 @@ MAX_BATCH_WINDOWS = 512
 def window_bytes(cfg: GPTConfig, seq_len: int, flash: bool) -> int:
     """Peak device bytes one window adds to a scoring call (inference, bf16 activations):
     ~16 live (T, d) tensors, the MLP's hidden, every row's fp32 logits + log-softmax +
-    entropy product (flat and a sliding run's first window score every row), and SDPA's
+    entropy product (flat and a sliding run's first window score every row) plus the rows
+    of the batches still being scored on the host (evalkit.engine.overlap.DEPTH), and SDPA's
     (H, T, T) scores when flash-attn is absent. An estimate with headroom, not a measurement."""
+    from evalkit.engine.overlap import DEPTH
+
     T = seq_len
-    per_token = 16 * cfg.model_dim * 2 + 2 * cfg.mlp_hidden * 2 + 3 * cfg.vocab_size * 4
+    per_token = 16 * cfg.model_dim * 2 + 2 * cfg.mlp_hidden * 2 + (3 + DEPTH) * cfg.vocab_size * 4
     attn = 0 if flash else cfg.num_heads * T * T * 2
     return T * per_token + attn
 

@@ -48,3 +48,35 @@ def test_sharded_muon_equals_unsharded(tmp_path, nproc=3):
     assert all(r["max_diff"] == 0.0 and r["moved"] > 0 for r in recs)
     # each rank keeps momentum only for the matrices it orthogonalizes
     assert sum(r["own_buffers"] for r in recs) == 6 and all(r["own_buffers"] < 6 for r in recs)
+
+
+def test_no_per_step_host_sync(monkeypatch):
+    """The loss stays on the device: the trainer reads a tensor's value on the host (float,
+    item) a fixed number of times per run, not once per step. (AdamW reads its step count,
+    a host tensor, every step: no device sync, so not counted.)"""
+    import sys
+
+    import numpy as np
+    import torch
+
+    from evalkit.engine.dist import DistInfo
+    from tests.ddp_worker import TINY
+    from trainer.config import load_preset
+    from trainer.train import train
+
+    reads = []
+    for name in ("__float__", "item"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, _real=real):
+            caller = sys._getframe(1).f_code.co_filename
+            if "/trainer/" in caller or "/evalkit/" in caller:
+                reads.append(caller)
+            return _real(self)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    tokens = np.random.default_rng(0).integers(1, 1024, 5000).astype(np.uint16)
+    preset = load_preset("demo", None, [*TINY, "iterations=12", "max_seconds=600"])
+    _, _, stats = train(preset, tokens, DistInfo(), progress_bar=False)
+    print(f"{len(reads)} host reads in {stats['steps']} steps")
+    assert stats["steps"] == 12 and len(reads) <= 1, reads
