@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from evalkit.engine import probes
 from evalkit.engine.dist import DistInfo, all_gather_arrays
 from evalkit.engine.ledger import Ledger
 from evalkit.model.gpt import GPT
@@ -82,22 +83,30 @@ class EvalContext:
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         if self.mixer is None:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
-            rows = None
         else:
-            rows = logp.detach().float()
-            entropy = -(rows.exp() * rows).sum(-1)  # (n,) the model's entropy, computed once here
-            target_logp = self.mixer.score(positions, rows.cpu().numpy(), entropy.double().cpu().numpy())
-        probe = self.ledger.wants_probe(positions)
-        for i in np.flatnonzero(probe):
-            self.ledger.record_probe(positions[i], self.full_distribution(positions[i:i + 1], logp[i:i + 1])[0],
-                                     float(target_logp[i]))
+            with probes.Timer(self.mixer):
+                rows = logp.detach().float()
+                entropy = -(rows.exp() * rows).sum(-1)  # (n,) the model's entropy, computed once here
+                target_logp = self.mixer.score(positions, rows.cpu().numpy(), entropy.double().cpu().numpy())
+        cap = probes.active()  # the audit's request, invisible to the strategy
+        if cap is not None:
+            for i in np.flatnonzero(cap.wanted(positions)):
+                cap.probes[int(positions[i])] = self._probe(positions[i:i + 1], logp[i:i + 1], float(target_logp[i]))
         nll = -np.asarray(target_logp, dtype=np.float64)
         self.ledger.record_scores(positions, nll, self.strategy_name)
+        if cap is not None:
+            cap.after_scores(positions, self.ledger)
         return nll
 
+    def _probe(self, positions: np.ndarray, logp: torch.Tensor, fast_logp: float) -> probes.Probe:
+        own = getattr(self.mixer, "own_distribution", None)
+        return probes.Probe(self.full_distribution(positions, logp)[0], fast_logp, str(logp.dtype).split(".")[-1],
+                            None if own is None else np.asarray(own(positions)[0], dtype=np.float64))
+
     def full_distribution(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
-        """(n, V) float64 log-distribution the strategy scores from (the audit's slow path)."""
-        rows = logp.detach().double().cpu().numpy()
+        """(n, V) float64 log-distribution the strategy scores from (the audit's slow path):
+        the model rows renormalized in float64 (probes.probe_rows), through the mixer if any."""
+        rows = probes.probe_rows(logp)
         if self.mixer is None:
             return rows
         return self.mixer.distribution(positions, rows)
@@ -112,7 +121,8 @@ class EvalContext:
         if self.share_mixer and self.info.distributed:
             positions = np.sort(np.concatenate(all_gather_arrays(positions, self.info)))
         if positions.size:
-            self.mixer.update(positions)
+            with probes.Timer(self.mixer):
+                self.mixer.update(positions)
 
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at `positions` for a learning step (TTT); raises unless all scored."""

@@ -3,8 +3,10 @@
 Every strategy records each score here, and asks here before any state learns from a
 validation token. It raises at once on a rescoring (rule C4) or on a learning read of a
 token that is not yet scored (rule C3), naming the position and the strategy. The audit
-reads it afterwards: coverage (each target scored exactly once), score order, probes of
-full distributions, warm-ups.
+reads it afterwards: coverage (each target scored exactly once), score order by call
+(one `ctx.score` call is one event: the order of positions inside a call means nothing),
+learning calls, warm-ups. Probes of full distributions are not requested here (a strategy
+can read the ledger): evalkit.engine.probes captures them.
 """
 from __future__ import annotations
 
@@ -18,24 +20,15 @@ class LedgerViolation(RuntimeError):
 
 
 @dataclass
-class Probe:
-    """A full distribution captured at the moment a position was scored (for the audit)."""
-
-    logp: np.ndarray  # float64 (V,) log-probabilities over the whole alphabet
-    fast_logp: float  # what the fast path recorded for the target
-
-
-@dataclass
 class Ledger:
     n_tokens: int
-    probe_positions: frozenset[int] = frozenset()  # positions whose full distribution the audit wants
     score_count: np.ndarray = field(init=False)  # int32 (N,) times each position was scored
     nll: np.ndarray = field(init=False)  # float64 (N,) -log p(target) in nats, 0 where unscored
-    score_event: np.ndarray = field(init=False)  # int64 (N,) order in which positions were scored, -1 unscored
+    score_event: np.ndarray = field(init=False)  # int64 (N,) call (score or learn) that scored it, -1 unscored
     learn_count: np.ndarray = field(init=False)  # int32 (N,) learning reads per position
-    probes: dict[int, Probe] = field(default_factory=dict)
+    learn_events: list[int] = field(default_factory=list)  # call number of each learning read (check_learn)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
-    _events: int = 0
+    _calls: int = 0  # score and learn calls so far, in the order they happened
 
     def __post_init__(self) -> None:
         n = self.n_tokens
@@ -59,8 +52,8 @@ class Ledger:
             raise LedgerViolation(f"C4 single pass: {strategy} scored position {int(again[0])} a second time")
         self.score_count[positions] += 1
         self.nll[positions] = nll
-        self.score_event[positions] = self._events + np.arange(positions.size)
-        self._events += positions.size
+        self.score_event[positions] = self._calls  # one call, one event, whatever the order inside it
+        self._calls += 1
 
     def check_learn(self, positions: np.ndarray, strategy: str) -> None:
         """Call before any state learns from the tokens at `positions`."""
@@ -72,20 +65,13 @@ class Ledger:
             raise LedgerViolation(f"C3 score before update: {strategy} read position {int(unscored[0])} "
                                   "for learning before it was scored")
         self.learn_count[positions] += 1
+        self.learn_events.append(self._calls)
+        self._calls += 1
 
     def record_warmup(self, strategy: str, source: str, tokens: int) -> None:
         """A warm-up (compile, allocator) ran on `tokens` tokens from `source`
         ('random' is the only legal source of warm-up tokens)."""
         self.warmups.append({"strategy": strategy, "source": source, "tokens": int(tokens)})
-
-    def wants_probe(self, positions: np.ndarray) -> np.ndarray:
-        """Boolean mask of `positions` whose full distribution the audit asked for."""
-        if not self.probe_positions:
-            return np.zeros(len(positions), dtype=bool)
-        return np.isin(positions, np.fromiter(self.probe_positions, dtype=np.int64))
-
-    def record_probe(self, position: int, logp: np.ndarray, fast_logp: float) -> None:
-        self.probes[int(position)] = Probe(np.asarray(logp, dtype=np.float64), float(fast_logp))
 
     def coverage(self) -> dict:
         targets = self.score_count[1:]

@@ -111,12 +111,12 @@ def run_config(strategy, spec: str | None, share_mixer: bool, info: DistInfo) ->
 
 
 def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: str | None = None,
-             share_mixer: bool = False, probe_positions: frozenset[int] = frozenset(),
+             share_mixer: bool = False,
              progress: bool = True) -> tuple[Result, Ledger]:
     """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer."""
     mixer = make_mixer(model, data, mixer_spec)
     label = mixer_label(strategy, mixer)
-    ledger = Ledger(data.n_tokens, probe_positions=probe_positions)
+    ledger = Ledger(data.n_tokens)
     ctx = EvalContext(model, data, ledger, label, info, mixer, share_mixer, progress)
     seconds = run_timed(strategy, ctx, model, info.device)
     return reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, share_mixer, info)), ledger

@@ -16,3 +16,15 @@ class HashedRatio(SlidingWithMixer):
 
     def make_mixer(self, ctx) -> IllegalHashedRatioMixer:
         return IllegalHashedRatioMixer(ctx.model.cfg.vocab_size)
+
+
+class HashedRatioBigBatch(HashedRatio):
+    """The same cache updated once per 256 windows, as its public author ran it: on a short
+    audit stream the whole stream is one batch and the cache never acts, so the audit must
+    grow the stream until the cache has learned several times."""
+
+    name = "gallery:hashed-ratio-256"
+
+    def __init__(self, opts):
+        super().__init__(opts)
+        self.opts = type(opts)(**{**vars(opts), "batch_windows": 256})
