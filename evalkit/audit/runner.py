@@ -138,9 +138,9 @@ def audit(subject: Subject, make_stream: Callable[[int], EvalData], table: ByteT
              "no score fixed before the change may move")
     causal = check_causality("causality", "C1,C3", tried, base, [c for _, c in singles] + docs, data, stable, atol,
                              learned)
-    suffix_row = check_causality("suffix", "C4,C1", "replaced, one run each: " + "; ".join(c.what for c in suffix)
-                                 + ": every score fixed before the replaced tokens must not move",
-                                 base, suffix, data, stable, atol, learned)
+    what = "; ".join(c.what[:-len(" replaced")] for c in suffix)
+    suffix_row = check_causality("suffix", "C4,C1", f"replaced, one run each: {what}: every score fixed before "
+                                 "the replaced tokens must not move", base, suffix, data, stable, atol, learned)
     claimed = subject.claims_isolation()
     checks = [det, check_ledger(base, data, decoded(data)),
               check_normalization(base, data, probes, vocab),

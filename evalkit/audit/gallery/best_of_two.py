@@ -3,9 +3,10 @@
 Public cases: min-NLL over TTT epochs (PR #568, #573); choosing per document which pass
 to report. `PerDocBestOfTwo`: pass A is the model smoothed half and half with the uniform
 distribution, pass B the model mixed half and half with a unigram cache of the
-document's already-scored tokens (each pass legal on its own); it computes both over a whole document and scores the document with the pass whose
-total NLL is lower: a document's early scores then depend on its later tokens. The
-suffix tests (replace the second half of documents) move them and FAIL it.
+document's already-scored tokens (each pass legal on its own); it computes both over a
+whole document and scores the document with the pass whose total NLL is lower: a
+document's early scores then depend on its later tokens. The suffix tests (replace the
+second half of documents) move them and FAIL it.
 `PerPositionBestOfTwo` keeps, at each position, the better of the model and the model at
 temperature 2 for the target: the distribution at t depends on x_t, and target
 independence FAILS it.
