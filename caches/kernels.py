@@ -1,13 +1,14 @@
-"""Numba kernels of the store's update and of the two legal predictors (primitives: ``table``).
+"""Numba kernels: the one online pass (aux for scoring, then learn, per token) and slow paths.
 
-Per segment the engine calls score, then update, on the same positions. Score computes every
-key of the segment once (``segment_keys``: contexts and n-grams of all orders, then a
-prefetch of every slot they will touch) and leaves them in the store's key memo; update
-reuses them when called with the same positions. The memo is a pure function of the bound
-token stream, not learned state: score still reads the counts only.
+``advance_kernel`` walks positions in the order given. For each position t it first reads
+from the current counts what scoring t needs (the longest seen context's statistics, the
+Witten-Bell probability of the target, the tilt's hint), then learns t. So a call over a
+whole range is exactly "score t, learn t, score t+1, ..." in one kernel, with no Python per
+token or per segment. Keys are computed BLOCK positions ahead and every slot they will
+touch is prefetched first (``table.segment_keys``): the prefetch addresses depend on the
+tokens only, never on the counts, so prefetching ahead of learning is exact.
 """
 from __future__ import annotations
-
 
 import numpy as np
 from numba import njit
@@ -19,93 +20,30 @@ __all__ = ["find", "get_counts", "get_low", "rehash_kernel", "seq_key", "table_z
 
 BLOCK = 128  # positions whose keys are computed and prefetched together (~1400 lines, in L2)
 OK, BAD_POSITION, NEED_ROOM = 0, -1, -2
-
-
-@njit(cache=True, nogil=True, inline="always")
-def memo_matches(memo, positions):
-    n = positions.shape[0]
-    if memo[0] != n or n == 0:
-        return False
-    for i in range(n):
-        if memo[1 + i] != positions[i]:
-            return False
-    return True
+MIX, TILT, LEARN = 0, 1, 2  # what advance_kernel computes before learning each position
 
 
 @njit(cache=True, nogil=True)
-def update_kernel(tab, side, unigram, learned, tokens, positions, lo, hi, slots, meta, ck, pk,
-                  memo):
-    """Learn the n-grams ending at each position (score-first: call after they are scored).
+def seq_key_with(tokens, t, L, a):
+    """Key of (tokens[t-L .. t-1], a): the n-gram whose last token is a."""
+    h = mix(SEED, a)
+    for j in range(1, L + 1):
+        h = mix(h, tokens[t - j])
+    return fix_key(h)
 
-    meta = [entries, side entries, learned tokens, entry limit, side limit] (int64, updated
-    here). Returns (OK, 0), (BAD_POSITION, t) if position t is out of range or is learned twice,
-    or (NEED_ROOM, 0) if up to 2 (hi - lo + 1) new keys per position might not fit under the
-    load limits; nothing is changed in the last two cases. slots: int64 scratch (2, hi + 1).
-    """
-    n = positions.shape[0]
-    worst = 2 * (hi - lo + 1) * n
-    if meta[0] + worst > meta[3] or meta[1] + worst > meta[4]:
-        return NEED_ROOM, 0
-    n_tok = tokens.shape[0]
-    for i in range(n):  # validate first so a bad call changes nothing
+
+@njit(cache=True, nogil=True)
+def claim_kernel(learned, n_tok, positions):
+    """Mark positions as learned before any is; returns -1, or the first position that is out
+    of range, repeated or already learned (then nothing is marked)."""
+    for i in range(positions.shape[0]):
         t = positions[i]
         if t < 0 or t >= n_tok or learned[t] != 0:
             for j in range(i):
                 learned[positions[j]] = 0
-            return BAD_POSITION, t
-        learned[t] = 2
-    reuse = memo_matches(memo, positions)
-    memo[0] = 0
-    whole = n <= ck.shape[0]
-    new_main = 0
-    new_side = 0
-    prev_t = -2
-    cslot = slots[0]
-    pslot = slots[1]
-    for a in range(0, n, BLOCK):
-        b = min(a + BLOCK, n)
-        r0 = a if whole else 0
-        if not reuse:
-            segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, True)
-        for i in range(a, b):
-            t = positions[i]
-            r = r0 + i - a
-            learned[t] = 1
-            x = np.int64(tokens[t])
-            unigram[x] += 1
-            contiguous = t == prev_t + 1
-            # ctx roles tokens[t-L..t-1], L in [lo-1, hi-1]; for a position that follows the
-            # previous one these are that position's pair slots (same keys, no probe).
-            for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-                if contiguous and L >= lo:
-                    cslot[L] = pslot[L]
-                else:
-                    s, ins = find_or_insert(tab, ck[r, L])
-                    new_main += ins
-                    cslot[L] = s
-            # pair roles tokens[t-L+1..t], L in [lo, hi], whose context slot is cslot[L-1].
-            for L in range(lo, min(hi, t + 1) + 1):
-                cs = cslot[L - 1]
-                ps, ins = find_or_insert(tab, pk[r, L])
-                new_main += ins
-                p, c, bb = get_counts(tab, side, ps)
-                d, tk = get_low(tab, ps)
-                new_side += put_counts(tab, side, ps, p + 1, c, bb, d, tk)
-                cp, cc, cb = get_counts(tab, side, cs)
-                cd, ct = get_low(tab, cs)
-                cc += 1
-                if p == 0:
-                    cd += 1
-                if p + 1 > cb:  # strict: ties keep the continuation that got there first
-                    cb = p + 1
-                    ct = x
-                new_side += put_counts(tab, side, cs, cp, cc, cb, cd, ct)
-                pslot[L] = ps
-            prev_t = t
-    meta[0] += new_main
-    meta[1] += new_side
-    meta[2] += n
-    return OK, 0
+            return t
+        learned[t] = 1
+    return -1
 
 
 @njit(cache=True, nogil=True)
@@ -115,7 +53,8 @@ def context_walk(tab, side, ckeys, t, lo, hi, stat):
     ckeys[L] = key of tokens[t-L..t-1]. Fills stat[0..3, L] = count, distinct, best count,
     best token for context lengths L (order L+1) with count > 0 and returns the longest such L
     (0 if none). Stops at the first unseen context: a longer context can only have been seen
-    where its suffix was (this prunes most probes on real text).
+    where its suffix was (this prunes most probes on real text). The slow path's walk; the
+    online pass has its own (``walk_known``), which also reuses slots it already knows.
     """
     best_L = 0
     for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
@@ -135,74 +74,228 @@ def context_walk(tab, side, ckeys, t, lo, hi, stat):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+def walk_known(tab, side, ckr, t, lo, hi, stat, cslot, pslot, contiguous):
+    """``context_walk`` of the online pass. Context slots it finds go to cslot[L] (-1: not
+    looked up or absent), for learning t without probing again; a position that follows the
+    previous one takes its contexts of length >= lo from that position's n-gram slots (the
+    same keys, learned just before, so present). Returns the longest seen context length."""
+    best_L = 0
+    stopped = False
+    for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
+        if stopped:
+            cslot[L] = -1
+            continue
+        if contiguous and L >= lo:
+            s = pslot[L]
+        else:
+            s = find(tab, ckr[L])
+        cslot[L] = s if s >= 0 else -1
+        if s < 0:
+            stopped = True
+            continue
+        p, c, b = get_counts(tab, side, s)
+        if c == 0:
+            stopped = True
+            continue
+        d, tk = get_low(tab, s)
+        stat[0, L] = c
+        stat[1, L] = d
+        stat[2, L] = b
+        stat[3, L] = tk
+        best_L = L
+    return best_L
 
 
-@njit(cache=True, nogil=True)
-def wb_target(tab, side, unigram, total, vocab, a, pkeys, lo, best_L, stat):
-    """Witten-Bell p(a | prefix); pkeys[L+1] = key of (context of length L, a)."""
+@njit(cache=True, nogil=True, inline="always")
+def wb_target(tab, side, unigram, total, vocab, a, pkr, lo, best_L, stat, pfound, lazy):
+    """Witten-Bell p(a | prefix); pkr[L+1] = key of (context of length L, a). The n-gram
+    slots found go to pfound[L+1] (-1: absent) for learning t without probing again."""
     p = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
-        s = find(tab, pkeys[L + 1])
+        if lazy and stat[0, L] == stat[2, L]:  # one continuation so far: its count is implied
+            pfound[L + 1] = -1
+            p = ((stat[2, L] if a == stat[3, L] else 0) + p) / (stat[0, L] + 1)
+            continue
+        s = find(tab, pkr[L + 1])
         c = 0
         if s >= 0:
             c, _, _ = get_counts(tab, side, s)
+            pfound[L + 1] = s
+        else:
+            pfound[L + 1] = -1
         T = stat[1, L]
         p = (c + T * p) / (stat[0, L] + T)
     return p
 
 
+@njit(cache=True, nogil=True)
+def tilt_choice(stat, best_L, lo, tau, const):
+    """(hint, strength factor): the longest seen context whose best continuation holds at
+    least tau of its count (any seen context when tau <= 0); factor 1 (const) or bc / (C+1)."""
+    L = best_L
+    while L >= max(lo - 1, 1) and L > 0:
+        C = stat[0, L]
+        bc = stat[2, L]
+        if tau <= 0.0 or bc / C >= tau:
+            return stat[3, L], (1.0 if const else bc / (C + 1.0))
+        L -= 1
+    return -1, 0.0
+
+
 @njit(cache=True, nogil=True, inline="always")
-def mix_weight(entropy, best_L, C, wmax, h0, slope, c0):
-    if best_L == 0:
-        return 0.0
-    return wmax * sigmoid(slope * (entropy - h0)) * (C / (C + c0))
+def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
+    """Learn t with a single order (context length hi-1). Why lazy: on text most contexts of
+    15 tokens are seen once or always continue the same way, and then every n-gram count is
+    implied by the context's own fields (count C, best token, best count bc: the n-gram
+    (ctx, best) has count bc = C, any other 0). So n-gram entries are stored only once a
+    context has had two different continuations (C > bc from then on): ~1 key per token
+    instead of 2, and one probe instead of two. Counts stay exact."""
+    new_main = 0
+    new_side = 0
+    if t + 1 < hi:
+        return 0, 0
+    L = hi - 1
+    if walked and cslot[L] >= 0:
+        cs = cslot[L]
+    else:
+        cs, ins = find_or_insert(tab, ckr[L])
+        new_main += ins
+    cp, cc, cb = get_counts(tab, side, cs)
+    cd, ct = get_low(tab, cs)
+    if cc == 0:
+        cc, cb, cd, ct = 1, 1, 1, x
+    elif cc == cb:
+        if x == ct:
+            cc += 1
+            cb += 1
+        else:  # the second continuation: store both n-gram counts from now on
+            s1, i1 = find_or_insert(tab, seq_key_with(tokens, t, L, ct))
+            new_side += put_counts(tab, side, s1, cb, 0, 0, 0, 0)
+            s2, i2 = find_or_insert(tab, pkr[hi])
+            new_side += put_counts(tab, side, s2, 1, 0, 0, 0, 0)
+            new_main += i1 + i2
+            cc += 1
+            cd = 2
+    else:
+        ps, ins = find_or_insert(tab, pkr[hi])
+        new_main += ins
+        p, c, bb = get_counts(tab, side, ps)
+        d, tk = get_low(tab, ps)
+        new_side += put_counts(tab, side, ps, p + 1, c, bb, d, tk)
+        cc += 1
+        if p == 0:
+            cd += 1
+        if p + 1 > cb:  # strict: ties keep the continuation that got there first
+            cb = p + 1
+            ct = x
+    new_side += put_counts(tab, side, cs, cp, cc, cb, cd, ct)
+    return new_main, new_side
+
+
+@njit(cache=True, nogil=True, inline="always")
+def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfound, contiguous,
+              walked, pknown, lazy):
+    """Learn the n-grams ending at t; returns (new main keys, new side entries).
+
+    walked: cslot holds the walk's context slots (-1 = unknown); else contexts of length >= lo
+    come from pslot when contiguous. pknown: n-gram lengths up to it have pfound slots.
+    lazy (single order): see ``learn_lazy``."""
+    x = np.int64(tokens[t])
+    unigram[x] += 1
+    if lazy:
+        return learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked)
+    new_main = 0
+    new_side = 0
+    # ctx roles tokens[t-L..t-1], L in [lo-1, hi-1]
+    for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
+        if walked and cslot[L] >= 0:
+            continue
+        if contiguous and L >= lo:
+            cslot[L] = pslot[L]
+        else:
+            s, ins = find_or_insert(tab, ckr[L])
+            new_main += ins
+            cslot[L] = s
+    # pair roles tokens[t-L+1..t], L in [lo, hi], whose context slot is cslot[L-1].
+    for L in range(lo, min(hi, t + 1) + 1):
+        cs = cslot[L - 1]
+        if L <= pknown and pfound[L] >= 0:
+            ps = pfound[L]
+        else:
+            ps, ins = find_or_insert(tab, pkr[L])
+            new_main += ins
+        p, c, bb = get_counts(tab, side, ps)
+        d, tk = get_low(tab, ps)
+        new_side += put_counts(tab, side, ps, p + 1, c, bb, d, tk)
+        cp, cc, cb = get_counts(tab, side, cs)
+        cd, ct = get_low(tab, cs)
+        cc += 1
+        if p == 0:
+            cd += 1
+        if p + 1 > cb:  # strict: ties keep the continuation that got there first
+            cb = p + 1
+            ct = x
+        new_side += put_counts(tab, side, cs, cp, cc, cb, cd, ct)
+        pslot[L] = ps
+    return new_main, new_side
 
 
 @njit(cache=True, nogil=True)
-def score_mix_kernel(tab, side, unigram, meta, vocab, tokens, positions, model_logp, entropy,
-                     lo, hi, wmax, h0, slope, c0, ck, pk, memo, stat, out):
-    """out[i] = log((1-w) p_model(x_t) + w p_WB(x_t)), t = positions[i], p_model(x_t) read from
-    model_logp[i, x_t]. Reads the counts only; writes out, the key memo and the scratch stat.
-    Returns -1, or the first position outside the stream (then nothing is written)."""
+def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo, hi, kind,
+                   tau, const, learn, ck, pk, stat, slots, out_i, out_f):
+    """For i = start.. in order: aux of positions[i] from the current counts, then learn it.
+
+    kind MIX:  out_i = best continuation of the longest seen context (-1: none seen),
+               out_f[i, 0] = that context's count C, out_f[i, 1] = p_WB(target).
+    kind TILT: out_i = hint (-1: none), out_f[i, 0] = strength factor (tilt_choice).
+    kind LEARN: learn only. learn=False: aux only, the state is not touched.
+    meta = [entries, side entries, learned tokens, entry limit, side limit], kept current.
+    Positions must have been claimed (claim_kernel). Returns (OK, n), or (NEED_ROOM, i):
+    stopped before positions[i] because the next block might not fit; grow, call again from i.
+    """
     n = positions.shape[0]
-    for i in range(n):
-        if positions[i] < 0 or positions[i] >= tokens.shape[0]:
-            return positions[i]
-    memo[0] = 0  # the rows are about to be overwritten
-    whole = n <= ck.shape[0]
-    total = meta[2]
-    for a in range(0, n, BLOCK):
+    lazy = lo == hi  # single order: n-gram entries only for contexts with 2+ continuations
+    worst_main = (hi - 1 - max(lo - 1, 1) + 1) + (hi - lo + 1) + (1 if lazy else 0)
+    worst_side = 2 * (hi - lo + 1) + (1 if lazy else 0)
+    cslot = slots[0]
+    pslot = slots[1]
+    pfound = slots[2]
+    prev_t = np.int64(-2)
+    for a in range(start, n, BLOCK):
         b = min(a + BLOCK, n)
-        r0 = a if whole else 0
-        segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, True)
+        if learn and (meta[0] + worst_main * (b - a) > meta[3] or meta[1] + worst_side * (b - a) > meta[4]):
+            return NEED_ROOM, a
+        segment_keys(tab, tokens, positions, a, b, 0, lo, hi, ck, pk, True)
         for i in range(a, b):
             t = positions[i]
-            r = r0 + i - a
-            x = np.int64(tokens[t])
-            lp = np.float64(model_logp[i, x])
-            best_L = context_walk(tab, side, ck[r], t, lo, hi, stat)
-            w = mix_weight(entropy[i], best_L, stat[0, best_L], wmax, h0, slope, c0)
-            if w == 0.0:
-                out[i] = lp
-                continue
-            pn = wb_target(tab, side, unigram, total, vocab, x, pk[r], lo, best_L, stat)
-            out[i] = np.log((1.0 - w) * np.exp(lp) + w * pn)
-    if whole:  # update(positions) may reuse these keys
-        for i in range(n):
-            memo[1 + i] = positions[i]
-        memo[0] = n
-    return -1
-
-
-@njit(cache=True, nogil=True)
-def seq_key_with(tokens, t, L, a):
-    """Key of (tokens[t-L .. t-1], a): the n-gram whose last token is a."""
-    h = mix(SEED, a)
-    for j in range(1, L + 1):
-        h = mix(h, tokens[t - j])
-    return fix_key(h)
+            r = i - a
+            contiguous = learn and t == prev_t + 1  # pslot holds t-1's n-gram slots
+            pknown = 0
+            if kind != LEARN:
+                best_L = walk_known(tab, side, ck[r], t, lo, hi, stat, cslot, pslot, contiguous)
+                if kind == MIX:
+                    if best_L > 0:
+                        out_i[i] = stat[3, best_L]
+                        out_f[i, 0] = stat[0, best_L]
+                        out_f[i, 1] = wb_target(tab, side, unigram, meta[2], vocab, np.int64(tokens[t]),
+                                                pk[r], lo, best_L, stat, pfound, lazy)
+                        pknown = best_L + 1
+                    else:
+                        out_i[i] = -1
+                        out_f[i, 0] = 0.0
+                        out_f[i, 1] = 0.0
+                else:
+                    h, f = tilt_choice(stat, best_L, lo, tau, const)
+                    out_i[i] = h
+                    out_f[i, 0] = f
+            if learn:
+                nm, ns = learn_one(tab, side, unigram, tokens, t, lo, hi, ck[r], pk[r], cslot, pslot,
+                                   pfound, contiguous, kind != LEARN, pknown, lazy)
+                meta[0] += nm
+                meta[1] += ns
+                meta[2] += 1
+                prev_t = t
+    return OK, n
 
 
 @njit(cache=True, nogil=True)
@@ -217,6 +310,10 @@ def wb_full_kernel(tab, side, unigram, total, vocab, tokens, t, lo, hi, out):
         out[a] = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
         T = stat[1, L]
+        if lo == hi and stat[0, L] == stat[2, L]:  # single order, one continuation: implied counts
+            for a in range(vocab):
+                out[a] = ((stat[2, L] if a == stat[3, L] else 0) + out[a]) / (stat[0, L] + 1)
+            continue
         for a in range(vocab):
             s = find(tab, seq_key_with(tokens, t, L, a))
             c = 0
@@ -224,29 +321,6 @@ def wb_full_kernel(tab, side, unigram, total, vocab, tokens, t, lo, hi, out):
                 c, _, _ = get_counts(tab, side, s)
             out[a] = (c + T * out[a]) / (stat[0, L] + T)
     return best_L, stat[0, best_L]
-
-
-@njit(cache=True, nogil=True)
-def tilt_hint_kernel(tab, side, tokens, positions, entropy, lo, hi, beta, h0, slope,
-                     ck, pk, memo, stat, hint, strength):
-    """Hint token (argmax continuation of the longest seen context) and tilt strength."""
-    n = positions.shape[0]
-    for i in range(n):
-        if positions[i] < 0 or positions[i] >= tokens.shape[0]:
-            return positions[i]
-    memo[0] = 0  # contexts only: update must hash the n-grams itself
-    for a in range(0, n, BLOCK):
-        b = min(a + BLOCK, n)
-        segment_keys(tab, tokens, positions, a, b, 0, lo, hi, ck, pk, False)
-        for i in range(a, b):
-            best_L = context_walk(tab, side, ck[i - a], positions[i], lo, hi, stat)
-            if best_L == 0:
-                hint[i] = -1
-                strength[i] = 0.0
-                continue
-            hint[i] = stat[3, best_L]
-            strength[i] = beta * sigmoid(slope * (entropy[i] - h0)) * (stat[2, best_L] / (stat[0, best_L] + 1.0))
-    return -1
 
 
 @njit(cache=True, nogil=True)

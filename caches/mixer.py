@@ -1,16 +1,29 @@
 """The interface the engine calls: ``parse_ngram_spec(V, "mix:orders=2-11,wmax=0.3")``.
 
-Score-first by construction: ``score`` and ``distribution`` only read the store; the store
-learns only in ``update``, which the engine calls once the scores of those positions are final
-(and which refuses a position learned twice). Position t's target is tokens[t]; its contexts
-are tokens[t-k..t-1], never before position 0.
+Mixer protocol v2 (MIXER_PROTOCOL.md): the cache learns per token, in the order positions
+are given. ``advance(positions)`` computes, for each position in turn, what scoring it needs
+from the current counts and then learns it; ``combine`` turns that aux plus the model's
+log-prob at the target (and at the hint), and the model's entropy, into the mixed log-prob.
+So a position is always scored from the tokens before it in the learning order and never
+from itself or later ones, and the result does not depend on how positions are batched.
+Position t's target is tokens[t]; its contexts are tokens[t-k..t-1], never before 0.
+
+Presets (``preset=NAME``; explicit keys override):
+  tilt:preset=records  the token-only tilt of the leading legal records (openai/parameter-golf
+      PR #1514, merged; the #2018 lineage #2041, #2130, #2140): one order 16 (15 context
+      tokens), hint = the most frequent continuation of the exact context when its count is
+      >= 0.8 of the context's (a context seen once qualifies; ties kept by the first token to
+      reach a count), constant beta 2.625, learning after every token. Here with exact 64-bit
+      keys (the records' C state merges distinct contexts).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import CacheSpecError
-from .predictors import NormalizedTilt, WittenBellMixture, row_entropy
+from .predictors import NormalizedTilt, WittenBellMixture
 from .store import NgramStore
 
 _COMMON = {
@@ -22,8 +35,12 @@ _KINDS = {
     "mix": {"wmax": "wmax=FLOAT in [0, 1]", "h0": "h0=FLOAT (entropy centre, nats)",
             "slope": "slope=FLOAT >= 0", "c0": "c0=FLOAT > 0 (context-count half-saturation)"},
     "tilt": {"beta": "beta=FLOAT >= 0", "h0": "h0=FLOAT (entropy centre, nats)",
-             "slope": "slope=FLOAT >= 0"},
+             "slope": "slope=FLOAT >= 0",
+             "gate": "gate=FLOAT in [0, 1] (hint only when best count >= gate x context count)",
+             "scale": "scale=entropy|const (strength beta*sigmoid(slope(H-h0))*bc/(C+1), or beta)",
+             "preset": "preset=records"},
 }
+PRESETS = {("tilt", "records"): {"orders": (16, 16), "gate": 0.8, "scale": "const", "beta": 2.625}}
 
 
 def _fail(spec: str, msg: str) -> CacheSpecError:
@@ -52,6 +69,14 @@ def _parse(spec: str) -> tuple[str, dict]:
                 if not 2 <= lo <= hi <= 16:
                     raise ValueError
                 vals[key] = (lo, hi)
+            elif key == "preset":
+                if (kind, val) not in PRESETS:
+                    raise ValueError
+                vals[key] = val
+            elif key == "scale":
+                if val not in ("entropy", "const"):
+                    raise ValueError
+                vals[key] = val
             elif key == "cap":
                 vals[key] = int(val)
                 if vals[key] < 16:
@@ -59,12 +84,14 @@ def _parse(spec: str) -> tuple[str, dict]:
             else:
                 v = float(val)
                 ok = {"wmax": 0 <= v <= 1, "slope": v >= 0, "beta": v >= 0, "c0": v > 0,
-                      "load": 0.1 < v <= 0.95, "h0": np.isfinite(v)}[key]
+                      "load": 0.1 < v <= 0.95, "h0": np.isfinite(v), "gate": 0 <= v <= 1}[key]
                 if not ok or not np.isfinite(v):
                     raise ValueError
                 vals[key] = v
         except ValueError:
             _raise(spec, f"bad value {val!r} for key {key!r}; accepted form: {form}")
+    if "preset" in vals:
+        vals = {**PRESETS[(kind, vals["preset"])], **vals}
     return kind, vals
 
 
@@ -72,12 +99,22 @@ def _raise(spec: str, msg: str):
     raise _fail(spec, msg)
 
 
+@dataclass
+class Aux:
+    """What ``advance`` computed per position (see ``kernels.advance_kernel``)."""
+
+    targets: np.ndarray  # int64 (n,) tokens[positions]
+    out_i: np.ndarray  # int64 (n,) hint / best continuation, -1 none
+    out_f: np.ndarray  # float64 (n, 2)
+
+
 class NgramMixer:
     """Score-first n-gram cache mixed into the model distribution (kind 'mix' or 'tilt')."""
 
     def __init__(self, vocab_size: int, spec: str) -> None:
         kind, vals = _parse(spec)
-        self.name: str = kind
+        preset = vals.pop("preset", None)
+        self.name: str = kind + (f"[{preset}]" if preset else "")
         self.spec = spec
         lo, hi = vals.pop("orders", (2, 11))
         cap = vals.pop("cap", None)  # None: sized from the stream at bind (see store)
@@ -86,53 +123,72 @@ class NgramMixer:
             self.store = NgramStore(vocab_size, lo, hi, capacity=cap, max_load=load)
         except ValueError as e:
             raise CacheSpecError(f"--ngram {spec!r}: {e}") from None
-        self.predictor = WittenBellMixture(**vals) if kind == "mix" else NormalizedTilt(**vals)
+        if kind == "mix":
+            self.predictor = WittenBellMixture(**vals)
+        else:
+            vals["const"] = vals.pop("scale", "entropy") == "const"
+            self.predictor = NormalizedTilt(**vals)
+        self._counts = np.zeros(3, np.int64)  # positions advanced, acted, hint right
 
     def bind(self, tokens: np.ndarray) -> None:
         """Bind the whole evaluation stream (uint16 or int64); starts from an empty cache."""
         self.store.bind(tokens)
+        self._counts[:] = 0
 
-    def _prep(self, positions, model_logp, model_entropy):
-        # cheap on the hot path: arrays of the right kind pass through without a copy
-        pos = positions
-        if not (type(pos) is np.ndarray and pos.dtype == np.int64 and pos.flags.c_contiguous):
-            pos = np.ascontiguousarray(positions, dtype=np.int64)
-        lp = model_logp if type(model_logp) is np.ndarray else np.asarray(model_logp)
-        if lp.ndim != 2 or lp.shape != (pos.shape[0], self.store.vocab_size):
-            raise ValueError(f"model_logp must be (n, {self.store.vocab_size}) for n = {pos.shape[0]} positions")
-        if lp.dtype != np.float32 and lp.dtype != np.float64:
-            lp = lp.astype(np.float64)
-        if model_entropy is None:
-            ent = row_entropy(lp)
-        else:
-            ent = np.ascontiguousarray(model_entropy, dtype=np.float64)
-            if ent.shape != (pos.shape[0],):
-                raise ValueError(f"model_entropy must be ({pos.shape[0]},), got {ent.shape}")
-        return pos, lp, ent
+    @property
+    def needs_entropy(self) -> bool:
+        """False when combine ignores the entropy (constant-strength tilt): the engine then
+        skips computing it (O(V) per token)."""
+        return not (isinstance(self.predictor, NormalizedTilt) and self.predictor.const)
 
-    def score(self, positions: np.ndarray, model_logp: np.ndarray,
-              model_entropy: np.ndarray | None = None) -> np.ndarray:
-        """log p_mixed(tokens[t]) (float64, (n,)) at each position. Reads state, never writes it.
+    def _gate(self) -> tuple[float, bool]:
+        p = self.predictor
+        return (p.gate, p.const) if isinstance(p, NormalizedTilt) else (0.0, False)
 
-        model_entropy: optional precomputed entropy (nats) of each model row; it must equal
-        -sum(exp(lp) * lp) of that row. Passing it skips the only O(V) work per position.
-        """
-        pos, lp, ent = self._prep(positions, model_logp, model_entropy)
-        return self.predictor.fast(self.store, pos, lp, ent)
+    def advance(self, positions: np.ndarray) -> Aux:
+        """Per position in order: what scoring it needs from the current state, then learn it."""
+        out_i, out_f = self.store.run(positions, self.predictor.kind, *self._gate())
+        targets = self.store.tokens[positions].astype(np.int64)
+        self._counts += (out_i.shape[0], int((out_i >= 0).sum()), int((out_i == targets).sum()))
+        return Aux(targets, out_i, out_f)
 
-    def distribution(self, positions: np.ndarray, model_logp: np.ndarray) -> np.ndarray:
-        """Slow reference path: full (n, V) float64 log-distribution at each position."""
-        pos, lp, ent = self._prep(positions, model_logp, None)
-        return self.predictor.full(self.store, pos, lp, ent)
+    def hint_tokens(self, aux: Aux) -> np.ndarray | None:
+        """The tilt's hint per position (-1: none); None for the mixture (it needs no hint)."""
+        return aux.out_i if isinstance(self.predictor, NormalizedTilt) else None
 
-    def update(self, positions: np.ndarray) -> None:
-        """Learn the n-grams ending at these positions (only after their scores are final)."""
+    def combine(self, aux: Aux, target_logp: np.ndarray, hint_logp: np.ndarray | None,
+                entropy: np.ndarray) -> np.ndarray:
+        """log p_mixed(x_t) (float64 (n,)): a pure function of its inputs."""
+        tl = np.asarray(target_logp, np.float64)
+        ent = np.asarray(entropy, np.float64)
+        if isinstance(self.predictor, NormalizedTilt):
+            hl = np.where(aux.out_i >= 0, np.asarray(hint_logp, np.float64), 0.0)
+            return self.predictor.combine(aux.out_i, aux.out_f, tl, hl, ent, aux.targets)
+        return self.predictor.combine(aux.out_i, aux.out_f, tl, None, ent)
+
+    def learn(self, positions: np.ndarray) -> None:
+        """Learn only (positions scored elsewhere), in the given order; each position once."""
         self.store.update(positions)
+
+    def distribution(self, position: int, model_logp_row: np.ndarray, entropy: float) -> np.ndarray:
+        """Slow path: the full (V,) float64 mixed log-distribution at ``position`` from the
+        current state (call it when exactly the positions before it have been advanced)."""
+        row = np.asarray(model_logp_row, np.float64)
+        if row.shape != (self.store.vocab_size,):
+            raise ValueError(f"model_logp_row must be ({self.store.vocab_size},), got {row.shape}")
+        return self.predictor.full(self.store, int(position), row, float(entropy))
+
+    def stats(self) -> dict:
+        """Positions advanced, how many the cache acted on (a seen context for the mixture, a
+        hint for the tilt) and how often its hint (best continuation) was the target."""
+        n, acted, right = (int(v) for v in self._counts)
+        return {"positions": n, "acted": acted, "hint_right": right,
+                "acted_frac": acted / n if n else 0.0, "hint_precision": right / acted if acted else 0.0}
 
     def memory_bytes(self) -> int:
         return self.store.memory_bytes()
 
 
 def parse_ngram_spec(vocab_size: int, spec: str) -> NgramMixer:
-    """Build the mixer for an ``--ngram`` spec ("mix:..." or "tilt:...")."""
+    """Build the mixer for an ``--ngram`` spec ("mix:...", "tilt:..." or "tilt:preset=records")."""
     return NgramMixer(vocab_size, spec)

@@ -1,4 +1,5 @@
-"""The two legal predictors: fast path (p at the target, O(orders)) and slow path (full (n, V)).
+"""The two legal predictors: ``combine`` (p at the target, O(1) per position, vectorised) and
+``full`` (the whole (V,) distribution at one position, the audit's slow path).
 
 Witten-Bell interpolation, not Kneser-Ney: WB needs only c(h), c(h, x) and T(h) (distinct
 continuations), all maintained exactly and incrementally by the store in O(1) per order;
@@ -12,14 +13,15 @@ update (speed), for a gain that shrinks as the cache grows. The recursion
 sums to exactly 1 by construction because c(h) = sum_x c(h, x) and T(h) = #{x: c(h,x) > 0}.
 
 Mixture: (1-w) p_model + w p_WB, w = wmax * sigmoid(slope (H - h0)) * C / (C + c0), with H the
-model's entropy (nats) at the position and C the count of the longest seen context. Tilt:
-hint = argmax continuation of the longest seen context, beta = beta_max * sigmoid(slope
-(H - h0)) * bc / (C + 1); p'(a) = p(a) e^{beta [a=h]} / (1 + p(h)(e^beta - 1)).
-Neither w, the hint nor beta reads the target, so both are C1/C2/C5 legal.
+model's entropy (nats) at the position and C the count of the longest seen context.
+Tilt: hint h = the best continuation of the longest seen context whose best count is at least
+``gate`` of its count (any seen context when gate = 0); strength b = beta * g, g = 1 with
+``scale=const``, else sigmoid(slope (H - h0)) * bc / (C + 1); p'(a) = p(a) e^{b [a=h]} /
+(1 + p(h)(e^b - 1)). Neither w, the hint nor b reads the target: C1/C2/C5 legal.
 
-Entropy: the fast path needs the model row only at the target (and at the hint), but H needs
-the whole row (V exp's, ~1 us/token at V = 1024). Callers that already have it (the engine can
-compute it on the GPU next to the log-softmax) pass ``entropy``; otherwise it is computed here.
+What the store's pass computes per position (``kernels.advance_kernel``) is the aux; the
+entropy H and the model's log-probs at the target (and hint) come from the engine, which
+computes them on the device, so only (n,) arrays reach this module on the fast path.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .store import NgramStore
 
 
 def row_entropy(model_logp: np.ndarray) -> np.ndarray:
-    """Entropy in nats of each row of a (n, V) log-distribution."""
+    """Entropy in nats of each row of a (n, V) log-distribution (float64 reference)."""
     lp = np.ascontiguousarray(model_logp)
     if lp.dtype not in (np.float32, np.float64):
         lp = lp.astype(np.float64)
@@ -41,8 +43,8 @@ def row_entropy(model_logp: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gather(model_logp: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return model_logp[np.arange(cols.shape[0]), cols].astype(np.float64)
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 @dataclass
@@ -52,17 +54,26 @@ class WittenBellMixture:
     slope: float = 2.0
     c0: float = 2.0
 
-    def fast(self, st: NgramStore, pos: np.ndarray, model_logp: np.ndarray,
-             entropy: np.ndarray) -> np.ndarray:
-        # one kernel call per segment; it reads the target column of model_logp itself (no
-        # gather, no temporaries: the engine calls this once per 64 tokens)
-        out = np.empty(pos.shape[0], np.float64)
-        bad = K.score_mix_kernel(st.tab, st.side, st.unigram, st.meta, st.vocab_size, st.tokens,
-                                 pos, model_logp, entropy, st.lo, st.hi, self.wmax, self.h0,
-                                 self.slope, self.c0, st.ck, st.pk, st.memo, st.stat, out)
-        if bad >= 0:
-            raise IndexError(f"position {bad} outside the bound stream")
-        return out
+    kind = K.MIX
+
+    def weight(self, C, entropy):
+        """w per position; 0 where no context was seen (C = 0)."""
+        C = np.asarray(C, np.float64)
+        return np.where(C > 0, self.wmax * _sigmoid(self.slope * (np.asarray(entropy) - self.h0)) * (C / (C + self.c0)),
+                        0.0)
+
+    def combine(self, out_i, out_f, target_logp, hint_logp, entropy) -> np.ndarray:
+        w = self.weight(out_f[:, 0], entropy)
+        with np.errstate(divide="ignore"):
+            mixed = np.log((1.0 - w) * np.exp(target_logp) + w * out_f[:, 1])
+        return np.where(w == 0.0, target_logp, mixed)
+
+    def full(self, st: NgramStore, t: int, row: np.ndarray, entropy: float) -> np.ndarray:
+        p_ng, _, C = self.ngram_distribution(st, t)
+        w = float(self.weight(np.array([C]), np.array([entropy]))[0])
+        if w == 0.0:
+            return row.copy()
+        return np.log((1.0 - w) * np.exp(row) + w * p_ng)
 
     def ngram_distribution(self, st: NgramStore, t: int) -> tuple[np.ndarray, int, int]:
         """(p_WB over the vocabulary, longest context length, its count) at position t."""
@@ -71,51 +82,33 @@ class WittenBellMixture:
                                      st.tokens, int(t), st.lo, st.hi, p)
         return p, int(best_L), int(C)
 
-    def full(self, st: NgramStore, pos: np.ndarray, model_logp: np.ndarray,
-             entropy: np.ndarray) -> np.ndarray:
-        out = np.empty((pos.shape[0], st.vocab_size), np.float64)
-        for i, t in enumerate(pos):
-            lp = model_logp[i].astype(np.float64)
-            p_ng, best_L, C = self.ngram_distribution(st, int(t))
-            w = 0.0 if best_L == 0 else (
-                self.wmax * (1.0 / (1.0 + np.exp(-self.slope * (entropy[i] - self.h0)))) * (C / (C + self.c0)))
-            out[i] = lp if w == 0.0 else np.log((1.0 - w) * np.exp(lp) + w * p_ng)
-        return out
-
 
 @dataclass
 class NormalizedTilt:
     beta: float = 1.5
     h0: float = 2.0
     slope: float = 2.0
+    gate: float = 0.0  # hint only from a context whose best count is >= gate x its count
+    const: bool = False  # True: strength beta everywhere (the records' rule)
 
-    def hints(self, st: NgramStore, pos: np.ndarray, entropy: np.ndarray):
-        hint = np.empty(pos.shape[0], np.int64)
-        strength = np.empty(pos.shape[0], np.float64)
-        bad = K.tilt_hint_kernel(st.tab, st.side, st.tokens, pos, entropy, st.lo, st.hi,
-                                 self.beta, self.h0, self.slope, st.ck, st.pk, st.memo, st.stat,
-                                 hint, strength)
-        if bad >= 0:
-            raise IndexError(f"position {bad} outside the bound stream")
-        return hint, strength
+    kind = K.TILT
 
-    def fast(self, st: NgramStore, pos: np.ndarray, model_logp: np.ndarray,
-             entropy: np.ndarray) -> np.ndarray:
-        hint, b = self.hints(st, pos, entropy)
-        tgt = st.tokens[pos].astype(np.int64)
-        lp_t = _gather(model_logp, tgt)
-        p_h = np.exp(_gather(model_logp, np.maximum(hint, 0)))
-        return lp_t + np.where(hint == tgt, b, 0.0) - np.log1p(p_h * np.expm1(b))
+    def strength(self, factor, entropy):
+        if self.const:
+            return self.beta * np.asarray(factor, np.float64)
+        return self.beta * _sigmoid(self.slope * (np.asarray(entropy) - self.h0)) * factor
 
-    def full(self, st: NgramStore, pos: np.ndarray, model_logp: np.ndarray,
-             entropy: np.ndarray) -> np.ndarray:
-        hint, b = self.hints(st, pos, entropy)
-        out = model_logp.astype(np.float64, copy=True)
-        for i in range(pos.shape[0]):
-            if hint[i] < 0:
-                continue
-            h = int(hint[i])
-            z = np.log1p(np.exp(out[i, h]) * np.expm1(b[i]))  # uses the model row, not a sum
-            out[i] -= z
-            out[i, h] += b[i]
+    def combine(self, out_i, out_f, target_logp, hint_logp, entropy, targets=None) -> np.ndarray:
+        b = np.where(out_i >= 0, self.strength(out_f[:, 0], entropy), 0.0)
+        return target_logp + np.where(out_i == targets, b, 0.0) - np.log1p(np.exp(hint_logp) * np.expm1(b))
+
+    def full(self, st: NgramStore, t: int, row: np.ndarray, entropy: float) -> np.ndarray:
+        out_i, out_f = st.run(np.array([t], np.int64), K.TILT, self.gate, self.const, learn=False)
+        out = row.copy()
+        if out_i[0] < 0:
+            return out
+        h = int(out_i[0])
+        b = float(self.strength(out_f[:, 0], np.array([entropy]))[0])
+        out -= np.log1p(np.exp(row[h]) * np.expm1(b))  # uses the model row, not a sum
+        out[h] += b
         return out

@@ -89,3 +89,36 @@ def tilt_logp(ref: RefNgram, t: int, a: int, row, beta=1.5, h0=2.0, slope=2.0) -
     C, _, hint, bc = ctxs[-1][1]
     b = beta * sigmoid(slope * (entropy(row) - h0)) * (bc / (C + 1.0))
     return lp + (b if a == hint else 0.0) - math.log1p(math.exp(float(row[hint])) * math.expm1(b))
+
+
+def records_tilt(tokens, order: int = 16, threshold: float = 0.8, beta: float = 2.625):
+    """The records' token-only tilt, written from its description (anchors.md), not from any
+    kernel: for each position t in stream order, the context is the previous order-1 tokens;
+    if it was seen, its most frequent continuation is the hint when (that continuation's count)
+    / (context count) >= threshold; the boost is beta where there is a hint. Then t is learned.
+    Ties: a continuation replaces the best only with a strictly larger count. Returns
+    (hints, betas): lists with -1 / 0.0 where there is no hint."""
+    tk = [int(x) for x in tokens]
+    k = order - 1
+    ctx: dict[tuple, list] = {}  # context -> [count, best token, best count]
+    nxt: dict[tuple, int] = {}  # context + (token,) -> count
+    hints, betas = [], []
+    for t, x in enumerate(tk):
+        h = tuple(tk[t - k:t]) if t >= k else None
+        st = ctx.get(h) if h is not None else None
+        if st is not None and st[2] / st[0] >= threshold:
+            hints.append(st[1])
+            betas.append(beta)
+        else:
+            hints.append(-1)
+            betas.append(0.0)
+        if h is None:
+            continue
+        c = nxt.get(h + (x,), 0) + 1
+        nxt[h + (x,)] = c
+        if st is None:
+            st = ctx[h] = [0, x, 0]
+        st[0] += 1
+        if c > st[2]:
+            st[1], st[2] = x, c
+    return hints, betas

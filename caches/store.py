@@ -7,11 +7,16 @@ continuation with its count (the tilt's hint, O(1)). See ``table`` for the slot 
 Tables grow (rehash at ``max_load``) and never drop an entry, so every count is exact.
 
 Sizing: with ``capacity=None`` (the mixer's default) ``bind`` sizes the table from the stream
-length, SLOTS_PER_TOKEN_PER_ORDER slots per token and order (FineWeb sp1024 stores ~0.77 new
-keys per token and order at 10M tokens, orders 2-11: the table ends ~77% full at 160 bytes per
-token). Why: growing from a small table rehashed every key ~2x and faulted in ~3x the final
-memory, which cost more CPU than all the scoring. A stream with more novel n-grams still
-grows (to 1.5x, 240 bytes per token). An explicit capacity keeps the old grow-from-small path.
+length for the key lengths in use. Orders lo..hi store sequences of lengths max(lo-1, 1)..hi
+(contexts of length lo-1..hi-1, n-grams of length lo..hi: two roles per order, shared where
+an n-gram of one order is the context of the next), and a length-L sequence is new at a
+fraction NOVEL[L] of positions (measured on the shared FineWeb streams, the larger of sp1024
+and sp8192: long sequences are almost all new, short ones saturate). Capacity = tokens x sum
+NOVEL[L] / max_load (+5%): orders 2-11 ~10.8 slots (172 B) per token. A single order
+stores n-grams lazily (kernels.learn_lazy): ~1 key, ~1.4 slots (23 B) per token. Why: growing
+from a small table rehashes every key ~2x and faults in ~3x the final memory, which cost
+more CPU than all the scoring. A stream
+with more novel sequences still grows (x1.5). An explicit capacity keeps the grow path.
 """
 from __future__ import annotations
 
@@ -23,8 +28,18 @@ from . import kernels as K
 from .errors import CacheInputError
 
 MAX_VOCAB = 65535  # tokens and distinct-continuation counts are stored in 16 bits
-SLOTS_PER_TOKEN_PER_ORDER = 1.0
-MEMO_ROWS = 512  # keys of up to this many positions are kept from score for update
+# fraction of positions where a sequence of length L (index) is new, FineWeb (see Sizing)
+NOVEL = (0.0, 0.02, 0.38, 0.71, 0.84, 0.90, 0.93, 0.95, 0.96, 0.97, 0.976, 0.981, 0.984, 0.986,
+         0.988, 0.989, 0.991)
+
+
+def presize_slots(n_tokens: int, lo: int, hi: int, max_load: float) -> int:
+    """Slots for a stream of n_tokens at orders lo..hi (see Sizing)."""
+    if lo == hi:  # single order: contexts, and n-grams only of contexts with 2+ continuations
+        keys = n_tokens * (NOVEL[hi - 1] + 0.1)
+    else:
+        keys = n_tokens * sum(NOVEL[L] for L in range(max(lo - 1, 1), hi + 1))
+    return max(1 << 16, int(1.05 * keys / max_load))
 
 
 class NgramStore:
@@ -39,20 +54,18 @@ class NgramStore:
         self.max_load, self.growth = float(max_load), float(growth)
         self.initial_capacity = None if capacity is None else max(int(capacity), 16)
         self.tokens = np.zeros(0, np.uint16)
-        # scratch of the kernels, allocated once (no per-call allocation): score's key memo
-        # (ck, pk rows and memo = [n, positions...]), update's slot rows, context statistics.
-        self.ck = np.zeros((MEMO_ROWS, self.hi + 1), np.uint64)
-        self.pk = np.zeros((MEMO_ROWS, self.hi + 1), np.uint64)
-        self.memo = np.zeros(MEMO_ROWS + 1, np.int64)
+        # scratch of the kernels, allocated once (no per-call allocation): one block's keys
+        # (ck contexts, pk n-grams), the learn slot rows, context statistics.
+        self.ck = np.zeros((K.BLOCK, self.hi + 1), np.uint64)
+        self.pk = np.zeros((K.BLOCK, self.hi + 1), np.uint64)
         self.stat = np.zeros((4, self.hi + 1), np.int64)
-        self._slots = np.zeros((2, self.hi + 1), np.int64)
+        self._slots = np.zeros((3, self.hi + 1), np.int64)
         self.reset()
 
     def reset(self) -> None:
         cap = self.initial_capacity
         if cap is None:
-            per_token = SLOTS_PER_TOKEN_PER_ORDER * (self.hi - self.lo + 1)
-            cap = max(1 << 16, int(per_token * self.tokens.shape[0]))
+            cap = presize_slots(self.tokens.shape[0], self.lo, self.hi, self.max_load)
         self.tab = K.table_zeros(cap, 2)
         self.side = np.zeros((1024, 3), np.uint64)
         # [main entries, side entries, learned tokens, main limit, side limit]: the kernels
@@ -61,7 +74,6 @@ class NgramStore:
         self._set_limits()
         self.unigram = np.zeros(self.vocab_size, np.int64)
         self.learned = np.zeros(self.tokens.shape[0], np.uint8)
-        self.memo[0] = 0
 
     n_main = property(lambda self: int(self.meta[0]))
     n_side = property(lambda self: int(self.meta[1]))
@@ -86,7 +98,7 @@ class NgramStore:
     # -- growth ---------------------------------------------------------------------------
     def _grow(self, n_positions: int) -> None:
         """Make room for 2 (hi - lo + 1) new keys per position in both tables."""
-        worst = 2 * (self.hi - self.lo + 1) * n_positions
+        worst = 2 * (self.hi - self.lo + 2) * n_positions
         cap = self.tab.shape[0]
         if self.n_main + worst > self.max_load * cap:
             new_cap = cap
@@ -105,28 +117,45 @@ class NgramStore:
             self.side = new
         self._set_limits()
 
-    def update(self, positions: np.ndarray, chunk: int = 8192) -> None:
-        """Learn the n-grams ending at ``positions`` (any order, each position at most once)."""
+    def run(self, positions: np.ndarray, kind: int, tau: float = 0.0, const: bool = False,
+            learn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """One pass over ``positions`` in order: for each, the aux of ``kind`` (kernels.MIX,
+        TILT or LEARN) from the current counts, then (if ``learn``) learn it. Returns
+        (out_i int64 (n,), out_f float64 (n, 2)); see ``kernels.advance_kernel``."""
         pos = positions
         if not (type(pos) is np.ndarray and pos.dtype == np.int64 and pos.flags.c_contiguous):
             pos = np.ascontiguousarray(positions, dtype=np.int64)
-        for a in range(0, pos.shape[0], chunk):
-            part = pos if pos.shape[0] <= chunk else pos[a:a + chunk]
-            while True:
-                code, t = K.update_kernel(self.tab, self.side, self.unigram, self.learned,
-                                          self.tokens, part, self.lo, self.hi, self._slots,
-                                          self.meta, self.ck, self.pk, self.memo)
-                if code != K.NEED_ROOM:
-                    break
-                self._grow(part.shape[0])
-            if code == K.BAD_POSITION:
-                raise CacheInputError(
-                    f"update: position {t} is outside [0, {self.tokens.shape[0]}) or was already learned")
+        n = pos.shape[0]
+        out_i = np.empty(n, np.int64)
+        out_f = np.empty((n, 2), np.float64)
+        if learn:
+            bad = K.claim_kernel(self.learned, self.tokens.shape[0], pos)
+            if bad != -1:
+                raise CacheInputError(f"position {bad} is outside [0, {self.tokens.shape[0]}), repeated "
+                                      "or already learned (each position is learned once)")
+        elif n and (pos.min() < 0 or pos.max() >= self.tokens.shape[0]):
+            raise CacheInputError(f"positions must lie in [0, {self.tokens.shape[0]})")
+        start = 0
+        while True:
+            code, start = K.advance_kernel(self.tab, self.side, self.unigram, self.meta, self.vocab_size,
+                                           self.tokens, pos, start, self.lo, self.hi, kind, tau, const,
+                                           learn, self.ck, self.pk, self.stat, self._slots, out_i, out_f)
+            if code != K.NEED_ROOM:
+                return out_i, out_f
+            self._grow(K.BLOCK)
+
+    def update(self, positions: np.ndarray) -> None:
+        """Learn the n-grams ending at ``positions``, in that order, each position at most once."""
+        self.run(positions, K.LEARN)
 
     # -- inspection (tests, reports) --------------------------------------------------------
     def lookup(self, seq) -> tuple[int, int, int, int, int]:
         """(pair count, ctx count, distinct continuations, best token, best count) of a sequence."""
         arr = np.asarray(seq, dtype=np.uint16)
+        if self.lo == self.hi == arr.shape[0]:  # single order: an n-gram's count may be implied
+            _, c, _, tk, b = self.lookup(arr[:-1])
+            if c and c == b:
+                return (b if int(arr[-1]) == tk else 0), 0, 0, 0, 0
         key = K.seq_key(arr, arr.shape[0] - 1, arr.shape[0])
         s = K.find(self.tab, np.uint64(key))
         if s < 0:
@@ -157,27 +186,21 @@ def warmup() -> float:
     """Compile (or load from the on-disk cache) every kernel once; returns the seconds taken.
 
     The first call in a fresh checkout is the Numba compile time; later processes load the
-    cache (``cache=True``) and take well under a second. The value is memoised. The score
-    kernel is compiled for the row types the engine (float32) and the benchmark (a read-only
-    broadcast float64 view) pass; other row types compile on first use.
+    cache (``cache=True``) and take well under a second. The value is memoised.
     """
     global _COMPILE_SECONDS
     if _COMPILE_SECONDS is not None:
         return _COMPILE_SECONDS
     t0 = time.perf_counter()
     st = NgramStore(8, 2, 3, capacity=64)
-    st.bind(np.arange(8, dtype=np.uint16) % 3)
-    pos = np.arange(8, dtype=np.int64)
-    ent = np.ones(8)
-    out = np.zeros(8)
-    for lp in (np.full((8, 8), -1.0, np.float32), np.broadcast_to(np.full(8, -1.0), (8, 8))):
-        K.score_mix_kernel(st.tab, st.side, st.unigram, st.meta, 8, st.tokens, pos, lp, ent, 2, 3,
-                         0.3, 1.0, 1.0, 1.0, st.ck, st.pk, st.memo, st.stat, out)
-    st.update(pos)
-    K.rehash_kernel(st.tab, np.zeros((96, 2), np.uint64))
+    st.bind(np.arange(300, dtype=np.uint16) % 3)
+    for kind in (K.MIX, K.TILT):
+        st.run(np.arange(3, 5), kind, learn=False)
+    st.run(np.arange(0, 150), K.MIX)
+    st.run(np.arange(150, 200), K.TILT, 0.5, True)
+    st.update(np.arange(200, 300))  # past the 64 slots: grows (rehash)
     K.wb_full_kernel(st.tab, st.side, st.unigram, 8, 8, st.tokens, 5, 2, 3, np.zeros(8))
-    K.tilt_hint_kernel(st.tab, st.side, st.tokens, pos, ent, 2, 3, 1.0, 1.0, 1.0, st.ck, st.pk,
-                     st.memo, st.stat, np.zeros(8, np.int64), np.zeros(8))
+    out = np.zeros(2)
     K.entropy_kernel(np.zeros((2, 8), np.float32), out)
     K.entropy_kernel(np.zeros((2, 8), np.float64), out)
     _COMPILE_SECONDS = time.perf_counter() - t0

@@ -144,6 +144,17 @@ def get_low(tab, s):
     return np.int64((w >> S16) & F16), np.int64(w & F16)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def prefetch_home(tab, key):
+    """Prefetch the key's bucket line and the next one: an insert at load ~0.5-0.8 runs past
+    its 4-slot bucket a fair share of the time, and that stall (~100 ns) was not hidden."""
+    h = home(tab, key)
+    prefetch_slot(tab, h)
+    h2 = h + 4
+    if h2 < tab.shape[0]:
+        prefetch_slot(tab, h2)
+
+
 @intrinsic
 def prefetch_slot(typingctx, tab, s):
     """Software prefetch of the cache line of tab[s, 0]. Why not a plain load: a load that
@@ -190,7 +201,7 @@ def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
                     h = mix(h, tokens[t - L])
                     ck[r, L] = fix_key(h)
             for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-                prefetch_slot(tab, home(tab, ck[r, L]))
+                prefetch_home(tab, ck[r, L])
         prev = t
         if not pairs:
             continue
@@ -202,7 +213,7 @@ def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
                 h = mix(h, tokens[t - L + 1])
                 pk[r, L] = fix_key(h)
                 if L >= lo - 1:  # lo - 1: the next position's shortest context
-                    prefetch_slot(tab, home(tab, pk[r, L]))
+                    prefetch_home(tab, pk[r, L])
 
 
 def table_zeros(rows: int, cols: int) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 
 from caches import parse_ngram_spec
 from caches.illegal import IllegalHashedRatioMixer
+from caches.predictors import row_entropy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARDS = {1024: "fineweb_verify200_sp1024_val_000000.bin", 8192: "fineweb_verify200_sp8192_val_000000.bin"}
@@ -27,57 +28,82 @@ def model_rows(n: int, V: int, seed: int) -> np.ndarray:
 def learned_mixer(spec: str, V: int, toks: np.ndarray, upto: int):
     m = parse_ngram_spec(V, spec)
     m.bind(toks)
-    m.update(np.arange(upto))
+    m.learn(np.arange(upto))
     return m
 
 
+def fast_at(m, t: int, row: np.ndarray, ent: float) -> float:
+    """advance([t]) then combine: the engine's fast path at one position (learns t)."""
+    aux = m.advance(np.array([t]))
+    hint = m.hint_tokens(aux)
+    hint_lp = None if hint is None else row[np.maximum(hint, 0)]
+    return float(m.combine(aux, row[[int(m.store.tokens[t])]], hint_lp, np.array([ent]))[0])
+
+
 @pytest.mark.parametrize("V", [1024, 8192])
-@pytest.mark.parametrize("kind", ["mix:orders=2-11,wmax=0.5", "tilt:orders=2-11,beta=2"])
+@pytest.mark.parametrize("kind", ["mix:orders=2-11,wmax=0.5", "tilt:orders=2-11,beta=2",
+                                  "tilt:preset=records", "tilt:orders=2-11,gate=0.5,scale=const"])
 def test_full_distribution_sums_to_one_and_matches_fast_path(V, kind):
     toks = stream(V, 20000)
     m = learned_mixer(kind, V, toks, 15000)
     pos = np.sort(np.random.default_rng(V).choice(np.arange(15000, 20000), 12, replace=False))
     lp = model_rows(12, V, 0)
-    d = m.distribution(pos, lp)
-    sums = np.exp(d).sum(axis=1)
-    print(f"{kind} V={V}: max |sum - 1| = {np.abs(sums - 1).max():.2e}")
-    assert np.abs(sums - 1).max() <= 1e-9
-    fast = m.score(pos, lp)
-    diff = np.abs(fast - d[np.arange(12), toks[pos]]).max()
-    print(f"OK, maxdiff = {diff:.3e} (fast vs slow at target)")
-    assert diff <= 1e-12
+    ent = row_entropy(lp)
+    worst_sum, worst_diff, prev = 0.0, 0.0, 15000
+    for i, t in enumerate(pos):
+        m.learn(np.arange(prev, t))
+        d = m.distribution(int(t), lp[i], float(ent[i]))
+        worst_sum = max(worst_sum, abs(np.exp(d).sum() - 1))
+        worst_diff = max(worst_diff, abs(fast_at(m, int(t), lp[i], float(ent[i])) - d[toks[t]]))
+        prev = t + 1
+    print(f"{kind} V={V}: max |sum - 1| = {worst_sum:.2e}; maxdiff = {worst_diff:.3e} (fast vs slow at target)")
+    assert worst_sum <= 1e-9 and worst_diff <= 1e-12
     if kind.startswith("mix"):  # the n-gram distribution on its own is normalized too
-        p, best_L, _ = m.predictor.ngram_distribution(m.store, int(pos[0]))
+        p, best_L, _ = m.predictor.ngram_distribution(m.store, int(pos[-1]) + 1)
         assert abs(p.sum() - 1) <= 1e-9 and best_L > 0
 
 
-@pytest.mark.parametrize("kind", ["mix:orders=2-11", "tilt:orders=2-11"])
+@pytest.mark.parametrize("kind", ["mix:orders=2-11", "tilt:orders=2-11", "tilt:preset=records"])
 def test_target_and_future_independence(kind):
     V = 1024
     toks = stream(V, 6000).copy()
     t = 5000
-    lp = model_rows(1, V, 1)
+    lp = model_rows(1, V, 1)[0]
+    ent = float(row_entropy(lp[None])[0])
     a = learned_mixer(kind, V, toks, t)
-    d_a = a.distribution(np.array([t]), lp)
-    s_a = a.score(np.array([t]), lp)
+    d_a = a.distribution(t, lp, ent)
+    s_a = fast_at(a, t, lp, ent)
     for new in (int(toks[t]) ^ 1, int(a.store.lookup(toks[t - 1:t])[3])):  # incl. the hint token
         other = toks.copy()
         other[t] = new
         other[t + 1:] = np.random.default_rng(new).integers(0, V, other.shape[0] - t - 1)
         b = learned_mixer(kind, V, other, t)
-        assert np.array_equal(d_a, b.distribution(np.array([t]), lp))
-        assert b.score(np.array([t]), lp)[0] == d_a[0, new]
-    assert s_a[0] == d_a[0, toks[t]]
+        assert np.array_equal(d_a, b.distribution(t, lp, ent))
+        assert fast_at(b, t, lp, ent) == d_a[new]
+    assert s_a == d_a[toks[t]]
 
 
-def test_score_does_not_change_state():
+def test_distribution_does_not_change_state():
     toks = stream(1024, 3000)
-    m = learned_mixer("mix:orders=2-11", 1024, toks, 2000)
-    snap = (m.store.tab.copy(), m.store.side.copy(), m.store.unigram.copy(), m.store.learned.copy())
-    m.score(np.arange(2000, 2064), model_rows(64, 1024, 2))
-    m.distribution(np.arange(2000, 2004), model_rows(4, 1024, 3))
-    after = (m.store.tab, m.store.side, m.store.unigram, m.store.learned)
-    assert all(np.array_equal(x, y) for x, y in zip(snap, after))
+    for spec in ("mix:orders=2-11", "tilt:preset=records"):
+        m = learned_mixer(spec, 1024, toks, 2000)
+        snap = (m.store.tab.copy(), m.store.side.copy(), m.store.unigram.copy(), m.store.learned.copy(),
+                m.store.meta.copy())
+        lp = model_rows(4, 1024, 3)
+        for i in range(4):
+            m.distribution(2000, lp[i], 1.0)
+        after = (m.store.tab, m.store.side, m.store.unigram, m.store.learned, m.store.meta)
+        assert all(np.array_equal(x, y) for x, y in zip(snap, after))
+
+
+def test_advance_refuses_a_position_twice():
+    toks = stream(1024, 3000)
+    m = learned_mixer("tilt:orders=2-5", 1024, toks, 100)
+    with pytest.raises(ValueError, match="position 50"):
+        m.advance(np.array([100, 101, 50]))
+    with pytest.raises(ValueError, match="position 102"):
+        m.advance(np.array([102, 102]))
+    assert m.store.learned[100:].sum() == 0  # a refused call learns nothing
 
 
 def test_illegal_hashed_ratio_fails_normalization():

@@ -1,7 +1,8 @@
 """What a strategy sees: the split (`EvalData`) and its one door to the ledger (`EvalContext`).
 
-`EvalContext.score` fixes scores (model log-probs -> optional n-gram mixer -> ledger) and
-`after_scoring` / `tokens_for_learning` are the only ways state may learn from a token, so
+`EvalContext.score` fixes scores (model log-probs -> optional n-gram mixer, which learns each
+position right after scoring it -> ledger) and `after_scoring` / `tokens_for_learning` are the
+other ways state may learn from a token, so
 every built-in is score-first by construction and the audit can check it.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from evalkit.engine import probes
 from evalkit.engine.dist import DistInfo, all_gather_arrays
 from evalkit.engine.ledger import Ledger
+from evalkit.engine.mixing import score_through_mixer
 from evalkit.model.gpt import GPT
 
 
@@ -76,53 +78,47 @@ class EvalContext:
     # -- the two doors to the ledger ------------------------------------------------------
     def score(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
         """Fix the scores of `positions` from the model's (n, V) log-probs at them, through
-        the mixer if any. Returns the float64 (n,) NLLs in nats."""
+        the mixer if any (which learns each position right after computing its score, in the
+        order given: evalkit/engine/mixing.py). Returns the float64 (n,) NLLs in nats."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return np.zeros(0)
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
+        cap = probes.active()  # the audit's request, invisible to the strategy
+        probe = np.flatnonzero(cap.wanted(positions)) if cap is not None else np.zeros(0, np.int64)
         if self.mixer is None:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
+            dists = {int(positions[i]): probes.probe_rows(logp[i:i + 1])[0] for i in probe}
         else:
             with probes.Timer(self.mixer):
-                rows = logp.detach().float()
-                entropy = -(rows.exp() * rows).sum(-1)  # (n,) the model's entropy, computed once here
-                target_logp = self.mixer.score(positions, rows.cpu().numpy(), entropy.double().cpu().numpy())
-        cap = probes.active()  # the audit's request, invisible to the strategy
+                target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
         if cap is not None:
-            for i in np.flatnonzero(cap.wanted(positions)):
-                cap.probes[int(positions[i])] = self._probe(positions[i:i + 1], logp[i:i + 1], float(target_logp[i]))
+            own = getattr(self.mixer, "own_distribution", None)
+            for i in probe:
+                p = int(positions[i])
+                cap.probes[p] = probes.Probe(np.asarray(dists[p], np.float64), float(target_logp[i]),
+                                             str(logp.dtype).split(".")[-1],
+                                             None if own is None else np.asarray(own(p), np.float64))
         nll = -np.asarray(target_logp, dtype=np.float64)
         self.ledger.record_scores(positions, nll, self.strategy_name)
+        if self.mixer is not None:  # the cache learned these positions once their scores were known
+            self.ledger.check_learn(positions, self.strategy_name)
         if cap is not None:
-            cap.after_scores(positions, self.ledger)
+            cap.after_scores(positions, self.ledger)  # may stop an audit re-run (probes.AuditStop)
         return nll
 
-    def _probe(self, positions: np.ndarray, logp: torch.Tensor, fast_logp: float) -> probes.Probe:
-        own = getattr(self.mixer, "own_distribution", None)
-        return probes.Probe(self.full_distribution(positions, logp)[0], fast_logp, str(logp.dtype).split(".")[-1],
-                            None if own is None else np.asarray(own(positions)[0], dtype=np.float64))
-
-    def full_distribution(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
-        """(n, V) float64 log-distribution the strategy scores from (the audit's slow path):
-        the model rows renormalized in float64 (probes.probe_rows), through the mixer if any."""
-        rows = probes.probe_rows(logp)
-        if self.mixer is None:
-            return rows
-        return self.mixer.distribution(positions, rows)
-
     def after_scoring(self, positions: np.ndarray) -> None:
-        """Let the mixer learn the tokens at `positions` (all already scored). With a shared
-        mixer this is a collective: every rank must call it once per step, maybe with none."""
+        """Door for state other than the mixer (which learns in `score`). With a shared mixer
+        and several ranks this is a collective: every rank calls it once per step, maybe with
+        none, and learns the positions the other ranks scored."""
         positions = np.asarray(positions, dtype=np.int64)
-        if self.mixer is None:
+        if self.mixer is None or not (self.share_mixer and self.info.distributed):
             return
-        self.ledger.check_learn(positions, self.strategy_name)  # each rank vouches for its own
-        if self.share_mixer and self.info.distributed:
-            positions = np.sort(np.concatenate(all_gather_arrays(positions, self.info)))
-        if positions.size:
+        others = np.concatenate(all_gather_arrays(positions, self.info))
+        others = np.sort(others[~np.isin(others, positions)])
+        if others.size:
             with probes.Timer(self.mixer):
-                self.mixer.update(positions)
+                (self.mixer.learn if hasattr(self.mixer, "learn") else self.mixer.update)(others)
 
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at `positions` for a learning step (TTT); raises unless all scored."""

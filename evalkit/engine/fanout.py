@@ -68,9 +68,6 @@ class FanoutContext(EvalContext):
             child.ledger.record_warmup(child.strategy_name, "random", ids.numel())
         return ids
 
-    def full_distribution(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
-        return self.children[0].full_distribution(positions, logp)
-
 
 def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_specs: list[str | None],
                   share_mixer: bool = False, progress: bool = True) -> list[FanoutRun]:

@@ -1,0 +1,73 @@
+"""The engine side of the mixer protocol (MIXER_PROTOCOL.md): model log-prob rows on the
+device -> mixed target log-probs on the host, with only (n,) arrays crossing.
+
+The cache learns per token in the order the strategy passes positions (its plan order), so
+scores do not depend on how windows are batched. Entropy (float64, from the log-softmax
+rows), the target's log-prob and the hint's log-prob are computed on the device; whole rows
+reach the host only at the few positions the audit probes. A probe's distribution is taken
+from the cache's state at that moment: everything before it advanced, nothing after.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from evalkit.engine.probes import probe_rows
+
+
+def device_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """(n, V) log-softmax rows -> (n,) float64 entropy in nats, on their device.
+    exp(-inf) * -inf would be nan: clamping -inf to a finite floor makes those terms 0."""
+    lp = logp.detach().double()
+    return -(lp.exp() * lp.clamp(min=-1e300)).sum(-1)
+
+
+def _gather(logp: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
+    return logp.gather(1, cols[:, None])[:, 0].double().cpu().numpy()
+
+
+def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, targets: torch.Tensor,
+                        probe_idx=()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Mixed log-probs of the targets (float64 (n,)) and {position: full (V,) distribution}
+    for the indices in `probe_idx`. The mixer learns every position, in order."""
+    if not hasattr(mixer, "advance"):
+        return _score_whole_rows(mixer, positions, logp, probe_idx)
+    logp = logp.detach()
+    n = positions.shape[0]
+    if getattr(mixer, "needs_entropy", True):
+        entropy = device_entropy(logp).cpu().numpy()  # (n,)
+    else:  # e.g. the records' constant-strength tilt: O(V) work per token saved
+        entropy = np.zeros(n)
+    target_logp = _gather(logp, targets)
+    auxes, bounds, probes, a = [], [], {}, 0
+    for i in sorted(int(i) for i in probe_idx):
+        if i > a:
+            auxes.append(mixer.advance(positions[a:i]))
+            bounds.append((a, i))
+        row = probe_rows(logp[i:i + 1])[0]  # (V,) one probe row, the only whole row sent, float64-renormalized
+        probes[int(positions[i])] = mixer.distribution(int(positions[i]), row, float(entropy[i]))
+        a = i
+    if n > a:
+        auxes.append(mixer.advance(positions[a:n]))
+        bounds.append((a, n))
+    hints = [mixer.hint_tokens(aux) for aux in auxes]
+    hint_logp = None
+    if hints and hints[0] is not None:
+        cols = torch.from_numpy(np.maximum(np.concatenate(hints), 0)).to(logp.device)
+        hint_logp = _gather(logp, cols)
+    out = np.empty(n, np.float64)
+    for aux, (a, b) in zip(auxes, bounds):
+        out[a:b] = mixer.combine(aux, target_logp[a:b], None if hint_logp is None else hint_logp[a:b],
+                                 entropy[a:b])
+    return out, probes
+
+
+def _score_whole_rows(mixer, positions, logp, probe_idx):
+    """Mixers that need whole rows on the host (the audit's illegal fixtures in caches/illegal.py
+    and evalkit/audit/gallery/): score(positions, rows), distribution(positions, rows),
+    update(positions) after the call's scores, as those fixtures were written."""
+    rows = logp.detach().double().cpu().numpy()
+    probes = {int(positions[i]): mixer.distribution(positions[i:i + 1], rows[i:i + 1])[0] for i in probe_idx}
+    out = np.asarray(mixer.score(positions, rows), np.float64)
+    mixer.update(positions)
+    return out, probes

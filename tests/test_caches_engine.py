@@ -1,0 +1,94 @@
+"""The engine's mixer path (evalkit/engine/mixing.py): per-token learning in plan order makes
+scores independent of batching; probes see the state at their moment; only the slow path
+reads whole rows."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from caches import parse_ngram_spec
+from evalkit.engine.context import EvalData
+from evalkit.engine.dist import DistInfo
+from evalkit.engine.loop import evaluate
+from evalkit.engine.mixing import device_entropy, score_through_mixer
+from evalkit.strategies.registry import build_strategy
+from tests.conftest import random_model, tiny_config
+
+
+def repeating_data(n: int = 900, vocab: int = 1024, seed: int = 0) -> EvalData:
+    """A 40-token motif repeated with 8% of tokens replaced: contexts of every order up to 16
+    recur (so the records' order-16 tilt fires too), BOS at each document."""
+    rng = np.random.default_rng(seed)
+    tokens = np.resize(rng.integers(2, vocab, 40), n)
+    noise = rng.random(n) < 0.08
+    tokens[noise] = rng.integers(2, vocab, int(noise.sum()))
+    starts = np.array([0, 150, 310, 520], dtype=np.int64)
+    tokens[starts] = 1
+    target_bytes = rng.integers(1, 5, n).astype(np.int64)
+    target_bytes[0] = 0
+    return EvalData(tokens.astype(np.uint16), target_bytes, starts)
+
+SPECS = ["mix:orders=2-5", "tilt:orders=2-5", "tilt:preset=records", "tilt:orders=2-5,gate=0.6,scale=const"]
+
+
+def opts(batch_windows: int) -> argparse.Namespace:
+    return argparse.Namespace(seq_len=32, stride=8, batch_windows=batch_windows, doc_isolated=False,
+                              drop_tail=False)
+
+
+def test_sliding_mixers_do_not_depend_on_batch_windows():
+    model, info = random_model(tiny_config()), DistInfo()
+    data = repeating_data()
+    plain = {bw: evaluate(model, data, build_strategy("sliding", opts(bw)), info, None, progress=False)[1].nll
+             for bw in (1, 4, 16, 64)}
+    assert all(np.array_equal(plain[1], v) for v in plain.values()), "the model itself depends on batching"
+    for spec in SPECS:
+        runs = {bw: evaluate(model, data, build_strategy("sliding", opts(bw)), info, spec, progress=False)[1].nll
+                for bw in (1, 4, 16, 64)}
+        diffs = {bw: float(np.abs(runs[bw] - runs[1]).max()) for bw in runs}
+        print(f"{spec}: max |nll(bw) - nll(1)| = {diffs}; differs from the model at "
+              f"{int((runs[1] != plain[1]).sum())} positions")
+        for bw in (4, 16, 64):
+            assert np.array_equal(runs[bw], runs[1]), (spec, bw)
+        assert (runs[1] != plain[1]).sum() > 100
+
+
+def _rows(n: int, V: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(n, V, generator=g) * 4, dim=-1)
+
+
+@pytest.mark.parametrize("spec", SPECS[:2])
+def test_probes_see_the_state_at_their_moment(spec):
+    """A probe in the middle of a call equals the distribution of a mixer advanced up to it,
+    and the scores do not change when probes are taken."""
+    V = 64
+    toks = np.random.default_rng(0).integers(0, 8, 400).astype(np.uint16)
+    pos = np.arange(100, 300, dtype=np.int64)
+    logp = _rows(pos.shape[0], V, 1)
+    targets = torch.from_numpy(toks[pos].astype(np.int64))
+    a, b, c = (parse_ngram_spec(V, spec) for _ in range(3))
+    for m in (a, b, c):
+        m.bind(toks)
+        m.learn(np.arange(100))
+    plain, _ = score_through_mixer(a, pos, logp, targets, ())
+    probed, probes = score_through_mixer(b, pos, logp, targets, [0, 37, 38, 150])
+    assert np.array_equal(plain, probed) and sorted(probes) == [100, 137, 138, 250]
+    c.learn(pos[:37])
+    ent = device_entropy(logp).numpy()
+    want = c.distribution(137, logp[37].double().numpy(), float(ent[37]))
+    assert np.array_equal(probes[137], want)
+    assert probes[137][toks[137]] == pytest.approx(probed[37], abs=1e-12)
+    assert a.stats()["positions"] == b.stats()["positions"] == pos.shape[0]
+
+
+def test_device_entropy_is_the_float64_reference():
+    from caches.predictors import row_entropy
+
+    lp = _rows(5, 300, 2)
+    lp[0, :10] = -float("inf")
+    lp[0] = torch.log_softmax(lp[0], dim=-1)
+    got, want = device_entropy(lp).numpy(), row_entropy(lp.numpy())
+    print(f"OK, maxdiff = {np.abs(got - want).max():.3e} (torch float64 vs caches reference)")
+    assert np.isfinite(got).all() and np.abs(got - want).max() <= 1e-12
