@@ -90,8 +90,7 @@ class EvalContext:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
             dists = {int(positions[i]): probes.probe_rows(logp[i:i + 1])[0] for i in probe}
         else:
-            with probes.Timer(self.mixer):
-                target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
+            target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
         if cap is not None:
             own = getattr(self.mixer, "own_distribution", None)
             for i in probe:
