@@ -92,12 +92,10 @@ class EvalContext:
         else:
             target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
         if cap is not None:
-            own = getattr(self.mixer, "own_distribution", None)
             for i in probe:
                 p = int(positions[i])
                 cap.probes[p] = probes.Probe(np.asarray(dists[p], np.float64), float(target_logp[i]),
-                                             str(logp.dtype).split(".")[-1],
-                                             None if own is None else np.asarray(own(p), np.float64))
+                                             str(logp.dtype).split(".")[-1], cap.own.get(p))
         nll = -np.asarray(target_logp, dtype=np.float64)
         self.ledger.record_scores(positions, nll, self.strategy_name)
         if self.mixer is not None:  # the cache learned these positions once their scores were known

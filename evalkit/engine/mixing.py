@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evalkit.engine.probes import Timer, probe_rows
+from evalkit.engine.probes import Timer, active, probe_rows
 
 
 def device_entropy(logp: torch.Tensor) -> torch.Tensor:
@@ -47,6 +47,7 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
             bounds.append((a, i))
         row = probe_rows(logp[i:i + 1])[0]  # (V,) one probe row, the only whole row sent, float64-renormalized
         probes[int(positions[i])] = mixer.distribution(int(positions[i]), row, float(entropy[i]))
+        _own(mixer, int(positions[i]))
         a = i
     if n > a:
         with Timer(mixer):
@@ -66,12 +67,22 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
     return out, probes
 
 
+def _own(mixer, position: int) -> None:
+    """The mixer's own distribution at a probe, from the same state, for the audit to sum
+    apart from the combined one (optional hook `own_distribution(position) -> (V,) log p`)."""
+    own, cap = getattr(mixer, "own_distribution", None), active()
+    if own is not None and cap is not None:
+        cap.own[position] = np.asarray(own(position), np.float64)
+
+
 def _score_whole_rows(mixer, positions, logp, probe_idx):
     """Mixers that need whole rows on the host (the audit's illegal fixtures in caches/illegal.py
     and evalkit/audit/gallery/): score(positions, rows), distribution(positions, rows),
     update(positions) after the call's scores, as those fixtures were written."""
     rows = logp.detach().double().cpu().numpy()
     probes = {int(positions[i]): mixer.distribution(positions[i:i + 1], rows[i:i + 1])[0] for i in probe_idx}
+    for i in probe_idx:
+        _own(mixer, int(positions[i]))
     with Timer(mixer):
         out = np.asarray(mixer.score(positions, rows), np.float64)
         mixer.update(positions)

@@ -47,6 +47,7 @@ class Capture:
     positions: frozenset[int] = frozenset()
     stop_after: np.ndarray | None = None  # bool (N,): abort once all of these are scored
     probes: dict[int, Probe] = field(default_factory=dict)
+    own: dict[int, np.ndarray] = field(default_factory=dict)  # the mixer's own distribution at probes
     mixer_seconds: float = 0.0  # wall time inside mixer scoring and learning
     mixers: list = field(default_factory=list)  # every mixer object that scored (for stats())
     ledger: object = None  # the run's ledger, kept when the run stops early

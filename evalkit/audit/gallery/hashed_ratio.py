@@ -11,11 +11,20 @@ from caches.illegal import IllegalHashedRatioMixer
 from evalkit.audit.gallery.mixing import SlidingWithMixer
 
 
+class ExposedHashedRatioMixer(IllegalHashedRatioMixer):
+    """The fixture with its own "distribution" (the count ratios alone) exposed to the audit."""
+
+    def own_distribution(self, position: int):
+        import numpy as np
+
+        return np.log(np.maximum(self._ratios(int(position)), 1e-300))
+
+
 class HashedRatio(SlidingWithMixer):
     name = "gallery:hashed-ratio"
 
     def make_mixer(self, ctx) -> IllegalHashedRatioMixer:
-        return IllegalHashedRatioMixer(ctx.model.cfg.vocab_size)
+        return ExposedHashedRatioMixer(ctx.model.cfg.vocab_size)
 
 
 class HashedRatioBigBatch(HashedRatio):
