@@ -100,10 +100,12 @@ def test_budget_limits(tmp_path) -> None:
 
 def test_causality_region_is_by_call_not_by_order() -> None:
     led = Ledger(10)
-    led.record_scores(np.array([4, 3, 2, 1]), np.zeros(4), "s")  # one call, any order
+    led.record_scores(np.array([1, 4, 3, 2]), np.zeros(4), "s")  # one call, any order
     led.record_scores(np.array([5, 6]), np.zeros(2), "s")
     region = before_region(led, np.array([3]))
-    assert np.flatnonzero(region).tolist() == [1, 2]  # same call, earlier in the stream; not 4 (context)
+    # same call: 1 is earlier in the stream and passed earlier; 4 is later (context); 2 was
+    # passed after 3, so a mixer learning in call order may have learned x_3 before it
+    assert np.flatnonzero(region).tolist() == [1]
     assert np.flatnonzero(before_region(led, np.array([6]))).tolist() == [1, 2, 3, 4, 5]
 
 

@@ -3,12 +3,15 @@ suffix tests, and (reported, not required) stream-causality.
 
 The one comparison rule (docs/legality.md, "Score-first and stream-causal"): when changing
 the tokens at a set S moves the score at p, that is a violation only if p was scored before
-every changed token was (one `ctx.score` call is one event; inside the call that scored
-the earliest change, positions up to it count as before). Moves anywhere else are
-legal context. Moves at p earlier in the stream than every change, scored after it, are
-legal score-first but make the strategy not stream-causal: reported separately.
-Positions whose scores differed between two identical runs are not compared (see
-determinism.py): they would blame the perturbation for noise.
+every changed token was: in an earlier `ctx.score` call, or in the call that scored the
+earliest change, earlier in the stream than that change AND passed before it. One call
+is one event, so reordering a call's positions is no offence; but a mixer learns each
+position right after scoring it, in the order passed (protocol v2), so a change passed
+before p may legally reach p. Moves anywhere else are legal context. Moves at p earlier
+in the stream than every change, scored after it, are legal score-first but make the
+strategy not stream-causal: reported separately. Positions whose scores differed between
+two identical runs are not compared (bookkeeping.py): they would blame the perturbation
+for noise.
 """
 from __future__ import annotations
 
@@ -40,9 +43,11 @@ def before_region(ledger: Ledger, changed: np.ndarray) -> np.ndarray:
     if changed.size == 0 or (ce < 0).all():
         return np.zeros(ev.size, bool)
     e_min = int(ce[ce >= 0].min())
-    t_min = int(changed[ce == e_min].min())
+    first = changed[ce == e_min]
+    t_min, o_min = int(first.min()), int(ledger.score_order[first].min())
     pos = np.arange(ev.size)
-    region = (ev >= 0) & ((ev < e_min) | ((ev == e_min) & (pos < t_min)))
+    same = (ev == e_min) & (pos < t_min) & (ledger.score_order < o_min)
+    region = (ev >= 0) & ((ev < e_min) | same)
     region[changed] = False  # their targets differ: compared as distributions, not scores
     return region
 

@@ -25,16 +25,19 @@ class Ledger:
     score_count: np.ndarray = field(init=False)  # int32 (N,) times each position was scored
     nll: np.ndarray = field(init=False)  # float64 (N,) -log p(target) in nats, 0 where unscored
     score_event: np.ndarray = field(init=False)  # int64 (N,) call (score or learn) that scored it, -1 unscored
+    score_order: np.ndarray = field(init=False)  # int64 (N,) rank in the order positions were passed, -1 unscored
     learn_count: np.ndarray = field(init=False)  # int32 (N,) learning reads per position
     learn_events: list[int] = field(default_factory=list)  # call number of each learning read (check_learn)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
     _calls: int = 0  # score and learn calls so far, in the order they happened
+    _scored: int = 0  # positions scored so far
 
     def __post_init__(self) -> None:
         n = self.n_tokens
         self.score_count = np.zeros(n, dtype=np.int32)
         self.nll = np.zeros(n, dtype=np.float64)
         self.score_event = np.full(n, -1, dtype=np.int64)
+        self.score_order = np.full(n, -1, dtype=np.int64)
         self.learn_count = np.zeros(n, dtype=np.int32)
 
     def record_scores(self, positions: np.ndarray, nll: np.ndarray, strategy: str) -> None:
@@ -53,6 +56,8 @@ class Ledger:
         self.score_count[positions] += 1
         self.nll[positions] = nll
         self.score_event[positions] = self._calls  # one call, one event, whatever the order inside it
+        self.score_order[positions] = self._scored + np.arange(positions.size)  # (a mixer learns in this order)
+        self._scored += positions.size
         self._calls += 1
 
     def check_learn(self, positions: np.ndarray, strategy: str) -> None:
