@@ -8,7 +8,7 @@ import pytest
 from evalkit.audit.command import main
 from tests.conftest import SP1024, VAL1024, require_shared
 
-SMALL = ["--limit-docs", "6", "--audit-docs", "3", "--doc-tokens", "160", "--positions", "24", "--time-budget", "3",
+SMALL = ["--limit-docs", "6", "--audit-docs", "3", "--doc-tokens", "160", "--positions", "24", "--time-budget", "0",
          "--seq-len", "64", "--stride", "32", "--threads", "1", "--no-progress"]
 
 

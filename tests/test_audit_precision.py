@@ -38,7 +38,7 @@ def test_builtins_pass_at_realistic_logit_scale(vocab, name, extra, mixer) -> No
     subject = Subject(name, lambda: build_strategy(name, opts_for(extra)), model,
                       DistInfo(0, 1, torch.device("cpu")), mixer)
     stream = lambda f: synthetic_stream(n_docs=3 * f, doc_len=160 * f, vocab=vocab)[0]  # noqa: E731
-    result = audit(subject, stream, None, Options(effort=1, probes=48, time_budget=2.0))
+    result = audit(subject, stream, None, Options(effort=1, probes=48, max_targets=4))
     bad = [f"{c.name} {c.status}: {c.detail}" for c in result.checks if c.status in (FAIL, NONDETERMINISTIC)]
     assert not bad, bad
     norm = next(c for c in result.checks if c.name == "normalization")
@@ -63,7 +63,7 @@ def test_unnormalized_rows_fail_even_when_small() -> None:
     model = scaled_model(1024)
     subject = Subject("t", lambda: Tempered(opts_for([])), model, DistInfo(0, 1, torch.device("cpu")))
     result = audit(subject, lambda f: synthetic_stream(n_docs=2, doc_len=120)[0], None,
-                   Options(effort=1, probes=16, time_budget=1.0))
+                   Options(effort=1, probes=16, max_targets=2))
     norm = next(c for c in result.checks if c.name == "normalization")
     assert norm.status == FAIL and "fast path" in norm.detail, norm.detail
     assert np.isfinite(fast_tolerance(8192))

@@ -126,8 +126,8 @@ def check_target_independence(base: Run, trials: list[tuple[Target, Case]], data
         if learned is False:
             res.status = INCONCLUSIVE
     if skipped:
-        res.detail += f"; {len(skipped)} more targets left out by the time budget (--thorough runs all)"
-        res.trials += [{"position": t.position, "why": t.why, "outcome": "not run: time budget"} for t in skipped]
+        res.detail += f"; {len(skipped)} more targets left out by the time or count cap"
+        res.trials += [{"position": t.position, "why": t.why, "outcome": "not run: cap"} for t in skipped]
     return res
 
 

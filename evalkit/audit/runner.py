@@ -44,7 +44,8 @@ MAX_FACTOR = 16  # the audited stream grows to at most 16x the documents, each 1
 @dataclass
 class Options:
     effort: int = 1  # 1 default, 3 --thorough: denser targets and phases
-    time_budget: float | None = 150.0  # s: no new single-target re-run starts after this (None: all)
+    time_budget: float | None = None  # s: no new single-target re-run starts after this (None: all)
+    max_targets: int | None = None  # at most this many single-target re-runs (a load-independent cap)
     probes: int = 128  # normalization probes spread over the stream
     artifact_bytes: int = 0
     split_tokens: int | None = None
@@ -130,7 +131,8 @@ def audit(subject: Subject, make_stream: Callable[[int], EvalData], table: ByteT
               for what, pos, new in suffix_sets(data, vocab, table, opts.effort, subject.seed)]
     singles, skipped = [], []
     for t in targets:  # in priority order, every coverage class early; the time budget cuts the tail
-        if opts.time_budget is not None and time.perf_counter() - t0 > opts.time_budget and singles:
+        over_time = opts.time_budget is not None and time.perf_counter() - t0 > opts.time_budget and singles
+        if over_time or (opts.max_targets is not None and len(singles) >= opts.max_targets):
             skipped.append(t)
             continue
         singles.append((t, _single(subject, data, base, t.position, vocab, table)))

@@ -36,7 +36,7 @@ from evalkit.strategies.registry import REGISTRY, build_strategy
 
 MIX, TILT = "mix:orders=2-4", "tilt:orders=2-4"
 BAD = (FAIL, INCONCLUSIVE, NONDETERMINISTIC)
-SUBJECT_BUDGET_S = 6.0  # per strategy: single-target re-runs stop being added after this
+MAX_TARGETS = 16  # single-target re-runs per strategy (a count, not a time: verdicts must not depend on load)
 
 
 def synthetic_stream(n_docs: int = 6, doc_len: int = 260, vocab: int = 1024,
@@ -127,7 +127,7 @@ def run_matrix(only: set[str] | None = None) -> list[tuple[str, object, list]]:
         subject = Subject(label, make, model, info, mixer, seed=1337,
                           code_files=[entry.spec.split(":")[0]] if entry else [])
         result = audit(subject, stream_maker, table, Options(effort=1, probes=32, artifact_bytes=nbytes,
-                                                                      time_budget=SUBJECT_BUDGET_S))
+                                                                      max_targets=MAX_TARGETS))
         out.append((label, entry, result.checks))
     return out
 
