@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.audit.result import FAIL, INCONCLUSIVE, NA, NONDETERMINISTIC, PASS, CheckResult, docs_of, where
+from evalkit.audit.result import FAIL, INCONCLUSIVE, NA, NONDETERMINISTIC, PASS, CheckResult, docs_of, locate, where
 from evalkit.audit.subject import Run
 from evalkit.engine.context import EvalData
 
@@ -53,7 +53,7 @@ def check_ledger(base: Run, data: EvalData, decoded_bytes: int | None) -> CheckR
     res = CheckResult("ledger", "C3,C4,C9", PASS, tried, positions=data.n_tokens - 1, docs=len(data.doc_starts),
                       runs=1, seconds=base.seconds)
     if base.error.startswith(("C3", "C4")):
-        res.status, res.detail = FAIL, f"the engine refused: {base.error}"
+        res.status, res.detail = FAIL, f"the engine refused: {locate(data, base.error)}"
         return res
     led, result = base.ledger, base.result
     cov = led.coverage()

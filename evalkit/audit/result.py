@@ -1,6 +1,7 @@
 """What a check returns: a verdict, what was tried, and every trial for `--json`."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,14 @@ def where(data, p: int) -> str:
     d = int(np.searchsorted(data.doc_starts, p, side="right") - 1)
     d = max(d, 0)
     return f"position {p} (document {d}, offset {p - int(data.doc_starts[d])})"
+
+
+def locate(data, message: str) -> str:
+    """`message` with its first 'position N' written as where(data, N)."""
+    m = re.search(r"position (\d+)", message)
+    if m is None or not 0 <= int(m.group(1)) < data.n_tokens:
+        return message
+    return message[:m.start()] + where(data, int(m.group(1))) + message[m.end():]
 
 
 def docs_of(data, positions) -> int:

@@ -25,7 +25,7 @@ from evalkit.audit.causality import Case, before_region, check_causality, check_
 from evalkit.audit.normalization import check_normalization
 from evalkit.audit.positions import (choose_targets, document_body, perturbed, replace_many, replacement,
                                      suffix_sets, window_bounds)
-from evalkit.audit.result import CheckResult
+from evalkit.audit.result import CheckResult, locate
 from evalkit.audit.subject import Run, Subject, run_strategy
 from evalkit.data.shards import ByteTable
 from evalkit.engine.context import EvalData
@@ -109,7 +109,8 @@ def audit(subject: Subject, make_stream: Callable[[int], EvalData], table: ByteT
     base0, data, factor = base_run(subject, make_stream)
     if not base0.ok:
         led = check_ledger(base0, data, None) if base0.ledger is not None else None
-        head = CheckResult("ledger", "C3,C4,C9", "FAIL", "the base run", f"the base run failed: {base0.error}")
+        head = CheckResult("ledger", "C3,C4,C9", "FAIL", "the base run",
+                           f"the base run failed: {locate(data, base0.error)}")
         rows = [led if led is not None and led.passed is False else head] + _skipped(base0.error)
         return Audit(rows, data, time.perf_counter() - t0, factor)
     strategy = subject.make()
