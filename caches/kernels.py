@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .table import (find, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
-                    rehash_kernel, segment_keys, seq_key, SEED, table_zeros)
+from .table import (bump_ctx, bump_pair, find, get_ctx, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
+                    rehash_kernel, segment_keys, seq_key, F10, F16, S42, S52, SEED, SMALL_MAX, U64, WIDE,
+                    table_zeros)
 
 __all__ = ["find", "get_counts", "get_low", "rehash_kernel", "seq_key", "table_zeros"]
 
@@ -93,11 +94,10 @@ def walk_known(tab, side, ckr, t, lo, hi, stat, cslot, pslot, contiguous):
         if s < 0:
             stopped = True
             continue
-        p, c, b = get_counts(tab, side, s)
+        c, d, b, tk = get_ctx(tab, side, s)
         if c == 0:
             stopped = True
             continue
-        d, tk = get_low(tab, s)
         stat[0, L] = c
         stat[1, L] = d
         stat[2, L] = b
@@ -160,6 +160,12 @@ def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
     else:
         cs, ins = find_or_insert(tab, ckr[L])
         new_main += ins
+    w = tab[cs, 1]
+    if (w & WIDE) == U64(0) and ((w >> S42) & F10) < U64(SMALL_MAX):
+        cc = np.int64((w >> S42) & F10)
+        if cc > 0 and cc == np.int64((w >> S52) & F10) and x == np.int64(w & F16):
+            tab[cs, 1] = w + (U64(1) << S42) + (U64(1) << S52)  # the one continuation again
+            return new_main, new_side
     cp, cc, cb = get_counts(tab, side, cs)
     cd, ct = get_low(tab, cs)
     if cc == 0:
@@ -224,18 +230,8 @@ def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfo
         else:
             ps, ins = find_or_insert(tab, pkr[L])
             new_main += ins
-        p, c, bb = get_counts(tab, side, ps)
-        d, tk = get_low(tab, ps)
-        new_side += put_counts(tab, side, ps, p + 1, c, bb, d, tk)
-        cp, cc, cb = get_counts(tab, side, cs)
-        cd, ct = get_low(tab, cs)
-        cc += 1
-        if p == 0:
-            cd += 1
-        if p + 1 > cb:  # strict: ties keep the continuation that got there first
-            cb = p + 1
-            ct = x
-        new_side += put_counts(tab, side, cs, cp, cc, cb, cd, ct)
+        p, ns = bump_pair(tab, side, ps)
+        new_side += ns + bump_ctx(tab, side, cs, p, x)
         pslot[L] = ps
     return new_main, new_side
 

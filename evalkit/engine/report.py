@@ -16,7 +16,8 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]] | None 
     """rows of dicts -> a Markdown table. columns: (key, header, format spec)."""
     columns = columns or [("strategy", "strategy", ""), ("val_loss", "val_loss", ".4f"),
                           ("val_bpb", "val_bpb", ".4f"), ("tokens", "tokens", ","), ("bytes", "bytes", ","),
-                          ("seconds", "seconds", ".1f"), ("tokens_per_s", "tokens/s", ",.0f")]
+                          ("seconds", "seconds", ".1f"), ("tokens_per_s", "tokens/s", ",.0f"),
+                          ("ngram_acted", "cache acts", ".2%"), ("ngram_hint_right", "hint right", ".1%")]
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     rule = "|" + "|".join("---" if not fmt else "---:" for _, _, fmt in columns) + "|"
     lines = [head, rule]
