@@ -147,13 +147,13 @@ def replacement(tokens: np.ndarray, t: int, vocab: int, table: ByteTable | None)
     followers = np.unique(tokens[1:t][prev].astype(np.int64))
     is_hit = np.zeros(vocab, bool)
     is_hit[followers] = True
-    cand = ~is_hit if is_hit[x] else is_hit
-    cand[[x, BOS_ID]] = False
+    usable = np.ones(vocab, bool)  # never a BOS, never x itself, never a boundary token
+    usable[[x, BOS_ID]] = False
     if table is not None:
-        cand &= ~table.is_boundary
-    if not cand.any():
-        cand = np.ones(vocab, bool)
-        cand[[x, BOS_ID]] = False
+        usable &= ~table.is_boundary
+    cand = (~is_hit if is_hit[x] else is_hit) & usable
+    if not cand.any():  # no follower seen yet: any usable token
+        cand = usable
     ids = np.flatnonzero(cand)
     if table is None:  # no byte table: the first candidate half the alphabet away
         return int(ids[np.argmin((ids - x - vocab // 2) % vocab)])
