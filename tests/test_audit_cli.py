@@ -1,13 +1,15 @@
 """`python -m evalkit.audit`: exit codes 0 / 1 / 2 and one-line errors for bad plugins."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from evalkit.audit.command import main
 from tests.conftest import SP1024, VAL1024, require_shared
 
-SMALL = ["--limit-docs", "3", "--doc-tokens", "160", "--positions", "24", "--perturb", "2", "--seq-len", "64",
-         "--stride", "32", "--threads", "1", "--no-progress"]
+SMALL = ["--limit-docs", "6", "--audit-docs", "3", "--doc-tokens", "160", "--positions", "24", "--time-budget", "0",
+         "--seq-len", "64", "--stride", "32", "--threads", "1", "--no-progress"]
 
 
 def _args(art, *extra: str) -> list[str]:
@@ -19,14 +21,18 @@ def test_cli_passes_sliding_and_writes_json(tiny_artifact, tmp_path, capsys) -> 
     out = tmp_path / "a.json"
     assert main(_args(tiny_artifact, "--strategy", "sliding", "--doc-isolated", "--json", str(out))) == 0
     text = capsys.readouterr().out
-    assert text.count("| PASS |") == 6 and "= decoded UTF-8" in text
-    assert '"status": "PASS"' in out.read_text()
+    assert "| FAIL |" not in text and "= decoded UTF-8" in text
+    assert "| doc isolation | C10 | PASS |" in text and "| suffix | C4,C1 | PASS |" in text
+    report = json.loads(out.read_text())
+    ti = next(c for c in report["checks"] if c["name"] == "target independence")
+    assert ti["trials"] and all("outcome" in t for t in ti["trials"])  # every perturbation and its outcome
 
 
 def test_cli_plugin_fails_with_exit_1(tiny_artifact, capsys) -> None:
     require_shared()
     assert main(_args(tiny_artifact, "--plugin", "evalkit/audit/gallery/hashed_ratio.py:HashedRatio")) == 1
-    assert "| normalization | C2 | FAIL |" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "| normalization | C2 | FAIL |" in text and "worst sum p" in text
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -42,6 +48,17 @@ def test_cli_bad_input_exit_2(tiny_artifact, capsys, extra, needle) -> None:
     assert main(_args(tiny_artifact, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err and "Traceback" not in err
+
+
+def test_failed_base_run_says_so_and_skips_the_rest(tmp_path, tiny_artifact, capsys) -> None:
+    require_shared()
+    bad = tmp_path / "crash.py"
+    bad.write_text("from evalkit.strategies.sliding import Sliding\n\n\nclass Crash(Sliding):\n"
+                   "    def run(self, ctx):\n        raise RuntimeError('boom')\n")
+    assert main(_args(tiny_artifact, "--plugin", f"{bad}:Crash")) == 1
+    text = capsys.readouterr().out
+    assert "the base run failed: the strategy raised RuntimeError: boom" in text
+    assert "needs 2 or more documents" not in text and "skipped" in text
 
 
 def test_plugin_import_error_is_one_line(tmp_path, tiny_artifact, capsys) -> None:

@@ -9,7 +9,7 @@ def test_records_scores_in_order_and_coverage():
     led = Ledger(6)
     led.record_scores(np.array([1, 2]), np.array([0.5, 1.0]), "s")
     led.record_scores(np.array([4, 3]), np.array([0.1, 0.2]), "s")
-    assert led.score_event[1:5].tolist() == [0, 1, 3, 2]
+    assert led.score_event[1:5].tolist() == [0, 0, 1, 1]  # one call, one event
     cov = led.coverage()
     assert cov == {"targets": 5, "scored_once": 4, "unscored": 1, "rescored": 0, "first_unscored": 5}
 
@@ -40,9 +40,13 @@ def test_learning_before_scoring_raises():
     assert led.learn_count[1:5].tolist() == [1, 1, 1, 1]
 
 
-def test_probes_only_where_asked():
-    led = Ledger(10, probe_positions=frozenset({3, 7}))
-    assert led.wants_probe(np.array([1, 3, 5, 7])).tolist() == [False, True, False, True]
+def test_learning_calls_are_events_between_score_calls():
+    led = Ledger(10)
+    led.record_scores(np.array([1, 2]), np.zeros(2), "s")
+    led.check_learn(np.array([1, 2]), "s")
+    led.record_scores(np.array([3]), np.zeros(1), "s")
+    assert led.learn_events == [1] and led.score_event[3] == 2
+    assert not hasattr(led, "probe_positions")  # nothing in the ledger says the run is audited
 
 
 def test_cache_replays_are_checked():

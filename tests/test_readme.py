@@ -146,8 +146,7 @@ def _tiny_corpus(path: Path) -> Path:
 TINY_TAIL = {
     "evalkit.score": ["--limit-docs", "3", "--no-progress"],
     "evalkit.ablate": ["--limit-docs", "3", "--no-progress", "--bootstrap", "99"],
-    "evalkit.audit": ["--limit-docs", "2", "--doc-tokens", "96", "--positions", "16", "--perturb", "1",
-                      "--no-progress"],
+    "evalkit.audit": ["--audit-docs", "2", "--doc-tokens", "96", "--positions", "16", "--no-progress"],
     "trainer.train": ["--quiet", "iterations=3", "num_layers=1", "model_dim=32", "num_heads=2", "num_kv_heads=1",
                       "train_seq_len=64", "batch_tokens=256", "warmup_steps=0", "warmdown_steps=1",
                       "muon_momentum_warmup_steps=1"],

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evalkit.audit.checks import CheckResult, document_body, perturb_positions, replacement
+from evalkit.audit.positions import audit_stream, document_body, perturb_positions, replacement
+from evalkit.audit.result import FAIL, NA, PASS, CheckResult
 from evalkit.cli import CliParser, run_cli
 from evalkit.data.shards import ByteTable
 from evalkit.data.tokenizer import BOS_ID
@@ -145,27 +146,32 @@ def parse_output(out, n: int) -> Scored:
     return Scored(nll, count, step)
 
 
+def _verdict(name: str, rule: str, ok: bool | None, tried: str, detail: str = "") -> CheckResult:
+    """A black-box check's result: ok True PASS, False FAIL, None n/a."""
+    return CheckResult(name, rule, {True: PASS, False: FAIL, None: NA}[ok], tried, detail)
+
+
 # -- the checks -------------------------------------------------------------------------
 def check_coverage(base: Scored, data: EvalData) -> CheckResult:
     tried = "one call on the stream: every target scored exactly once, finite, nll >= 0"
     if base.problem:
-        return CheckResult("coverage", "C4,C9", False, tried, base.problem)
+        return _verdict("coverage", "C4,C9", False, tried, base.problem)
     bad = np.flatnonzero(base.count[1:] != 1) + 1
     if bad.size:
         p = int(bad[0])
-        return CheckResult("coverage", "C4,C9", False, tried,
+        return _verdict("coverage", "C4,C9", False, tried,
                            f"position {p} scored {int(base.count[p])} times (expected 1); {bad.size} targets "
                            "not scored exactly once")
     fin = np.isfinite(base.nll[1:])
     if not fin.all():
         p = int(np.argmin(fin)) + 1
-        return CheckResult("coverage", "C4,C9", False, tried, f"position {p}: nll = {base.nll[p]} (not finite)")
+        return _verdict("coverage", "C4,C9", False, tried, f"position {p}: nll = {base.nll[p]} (not finite)")
     if (neg := base.nll[1:] < 0).any():
         p = int(np.argmax(neg)) + 1
-        return CheckResult("coverage", "C2", False, tried, f"position {p}: nll = {base.nll[p]:.6g} < 0, i.e. p > 1")
+        return _verdict("coverage", "C2", False, tried, f"position {p}: nll = {base.nll[p]:.6g} < 0, i.e. p > 1")
     nbytes = int(data.target_bytes[1:].sum())
     bpb = float(base.nll[1:].sum()) / math.log(2) / max(nbytes, 1)
-    return CheckResult("coverage", "C4,C9", True, tried,
+    return _verdict("coverage", "C4,C9", True, tried,
                        f"{data.n_tokens - 1:,} targets once; {nbytes:,} bytes; val_bpb {bpb:.4f} on this stream")
 
 
@@ -175,10 +181,10 @@ def check_determinism(base: Scored, again: Scored, atol: float) -> tuple[CheckRe
     diff = np.abs(np.nan_to_num(base.nll - again.nll, nan=0.0))
     worst = float(diff.max()) if diff.size else 0.0
     if worst <= atol:
-        return CheckResult("determinism", "-", True, tried, "bitwise equal" if worst == 0 else f"max |Δ| {worst:.2g}"
+        return _verdict("determinism", "-", True, tried, "bitwise equal" if worst == 0 else f"max |Δ| {worst:.2g}"
                            ), atol
     p = int(np.argmax(diff))
-    return CheckResult("determinism", "-", False, tried,
+    return _verdict("determinism", "-", False, tried,
                        f"position {p}: nll {base.nll[p]:.9g} then {again.nll[p]:.9g} (|Δ| {worst:.3g} > --atol "
                        f"{atol:g}); later checks are read to |Δ| <= {4 * worst:.2g}"), 4 * worst
 
@@ -224,17 +230,17 @@ def check_causality(fn: ScoreFn, data: EvalData, base: Scored, table: ByteTable,
         run = fn.one(new)
         p = first_moved(base, run, changed, tol)
         if p is not None:
-            return CheckResult("causality", "C1,C3", False, tried,
+            return _verdict("causality", "C1,C3", False, tried,
                                f"{desc}: position {p} moved: nll {run.nll[p]:.9g}, expected {base.nll[p]:.9g} "
                                "(it read a token that was not yet scored)"), singles
-    return CheckResult("causality", "C1,C3", True, tried, "bitwise equal" if tol == 0 else f"|Δ| <= {tol:.2g}"
+    return _verdict("causality", "C1,C3", True, tried, "bitwise equal" if tol == 0 else f"|Δ| <= {tol:.2g}"
                        ), singles
 
 
 def check_isolation(fn: ScoreFn, data: EvalData, base: Scored, table: ByteTable, claimed: bool,
                     tol: float) -> CheckResult:
     if len(data.doc_starts) < 3:
-        return CheckResult("doc isolation", "C10", None, "needs 3 or more documents in the audited stream")
+        return _verdict("doc isolation", "C10", None, "needs 3 or more documents in the audited stream")
     k = (len(data.doc_starts) - 1) // 2
     body = document_body(data, k)
     allowed = np.flatnonzero(~table.is_boundary)
@@ -248,12 +254,12 @@ def check_isolation(fn: ScoreFn, data: EvalData, base: Scored, table: ByteTable,
     moved[0] = False
     tried = f"replaced document {k}: no score in another document may move"
     if not moved.any():
-        return CheckResult("doc isolation", "C10", True if claimed else None, tried, "no other document moved")
+        return _verdict("doc isolation", "C10", True if claimed else None, tried, "no other document moved")
     p = int(np.flatnonzero(moved)[0])
     detail = (f"position {p} in document {int(doc[p])} moved: nll {run.nll[p]:.9g}, expected {base.nll[p]:.9g}")
     if not claimed:
-        return CheckResult("doc isolation", "C10", None, "not claimed (--claims-doc-isolation)", detail)
-    return CheckResult("doc isolation", "C10", False, tried, detail + " (state crossed a BOS)")
+        return _verdict("doc isolation", "C10", None, "not claimed (--claims-doc-isolation)", detail)
+    return _verdict("doc isolation", "C10", False, tried, detail + " (state crossed a BOS)")
 
 
 def norm_positions(data: EvalData, k: int) -> list[int]:
@@ -292,7 +298,7 @@ def check_normalization(fn: ScoreFn, data: EvalData, base: Scored, vocab: int, p
              "sum_a exp(-nll_t(a)) = 1")
     if not causal_ok:
         why = "not checked: causality failed, so a stream cut after t would not measure the scored distribution"
-        return CheckResult("normalization", "C2,C5", None, tried, why), {}
+        return _verdict("normalization", "C2,C5", None, tried, why), {}
     sums, cost = {}, {"positions": positions, "vocab": vocab, "lengths": [], "seconds": 0.0, "tokens": 0}
     t0, tok0 = time.perf_counter(), fn.tokens_fed
     for t in positions:
@@ -306,7 +312,7 @@ def check_normalization(fn: ScoreFn, data: EvalData, base: Scored, vocab: int, p
         total = math.fsum(np.exp(-nll[finite]))
         sums[t] = total
         if not abs(fast - base.nll[t]) <= max(tol, trunc_tol):
-            return CheckResult("normalization", "C2,C5", False, tried,
+            return _verdict("normalization", "C2,C5", False, tried,
                                f"position {t}: the stream scored nll {base.nll[t]:.9g} but the same stream (cut at "
                                f"{L}) among the candidates scored {fast:.9g}"), cost
         if not finite.all() and total <= 1 + tol:
@@ -315,16 +321,16 @@ def check_normalization(fn: ScoreFn, data: EvalData, base: Scored, vocab: int, p
         if abs(total - 1.0) > tol:
             cost.update(seconds=time.perf_counter() - t0, tokens=fn.tokens_fed - tok0, sums=sums)
             listed = ", ".join(f"{p}: {s:.6g}" for p, s in sums.items())
-            return CheckResult("normalization", "C2,C5", False, tried,
+            return _verdict("normalization", "C2,C5", False, tried,
                                f"position {t}: sum over the {vocab:,} tokens of exp(-nll_t(a)) = {total:.6g} "
                                f"(expected 1 ± {tol:g}); sums so far {{{listed}}} (not a distribution, or it "
                                "read the target)"), cost
     cost.update(seconds=time.perf_counter() - t0, tokens=fn.tokens_fed - tok0, sums=sums)
     if not sums:
-        return CheckResult("normalization", "C2,C5", None, tried, "no position could be measured"), cost
+        return _verdict("normalization", "C2,C5", None, tried, "no position could be measured"), cost
     worst = max(abs(s - 1) for s in sums.values())
     listed = ", ".join(f"{p}: {s:.9f}" for p, s in sums.items())
-    return CheckResult("normalization", "C2,C5", True, tried, f"sums {{{listed}}}; max |sum - 1| = {worst:.1e}"), cost
+    return _verdict("normalization", "C2,C5", True, tried, f"sums {{{listed}}}; max |sum - 1| = {worst:.1e}"), cost
 
 
 NOT_CHECKED = [
@@ -378,10 +384,9 @@ def run(args: argparse.Namespace) -> int:
                         ("--norm-positions", args.norm_positions, 0), ("--norm-batch", args.norm_batch, 1)):
         if v < lo:
             raise EvalkitError(f"{flag} {v}: must be >= {lo}")
-    from evalkit.audit.runner import audit_stream  # the same short stream as the engine audit
-
     table = ByteTable.from_sentencepiece(args.tokenizer)
-    data = audit_stream(load_data(args.val, args.tokenizer, table.vocab_size, args.limit_docs), args.doc_tokens)
+    full = load_data(args.val, args.tokenizer, table.vocab_size, args.limit_docs)
+    data = audit_stream(full, len(full.doc_starts), args.doc_tokens)  # the engine audit's short stream
     fn = ScoreFn(load_object(args.score_fn, "--score-fn"), args.score_fn, batch=args.norm_batch)
     t0 = time.perf_counter()
     checks, cost = audit_blackbox(fn, data, table, args)
@@ -403,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"score_fn": args.score_fn, "seconds": seconds, "calls": fn.calls,
                                "tokens_fed": fn.tokens_fed, "vectorised": fn.vectorised,
-                               "checks": [vars(c) | {"status": c.status} for c in checks],
+                               "checks": [c.as_json() for c in checks],
                                "normalization": {k: v for k, v in cost.items()}, "not_checked": NOT_CHECKED,
                                **provenance(data=data.source, data_sha256=data.sha256)})
     return 1 if any(c.passed is False for c in checks) else 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from evalkit.engine import probes
 from evalkit.engine.dist import DistInfo
 from evalkit.engine.ledger import Ledger
 from evalkit.engine.mixing import score_through_mixer
@@ -100,18 +101,24 @@ class EvalContext:
             return np.zeros(0)
         self.ledger.check_unlearned(positions, self.strategy_name)
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
-        probe = np.flatnonzero(self.ledger.wants_probe(positions))
+        cap = probes.active()  # the audit's request, invisible to the strategy
+        probe = np.flatnonzero(cap.wanted(positions)) if cap is not None else np.zeros(0, np.int64)
         if self.mixer is None:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
-            dists = {int(positions[i]): logp[i].detach().double().cpu().numpy() for i in probe}
+            dists = {int(positions[i]): probes.probe_rows(logp[i:i + 1])[0] for i in probe}
         else:
             target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
-        for i in probe:
-            self.ledger.record_probe(positions[i], dists[int(positions[i])], float(target_logp[i]))
+        if cap is not None:
+            for i in probe:
+                p = int(positions[i])
+                cap.probes[p] = probes.Probe(np.asarray(dists[p], np.float64), float(target_logp[i]),
+                                             str(logp.dtype).split(".")[-1], cap.own.get(p))
         nll = -np.asarray(target_logp, dtype=np.float64)
         self.ledger.record_scores(positions, nll, self.strategy_name)
         if self.mixer is not None:  # the cache learned these positions once their scores were known
             self.ledger.check_learn(positions, self.strategy_name, cache=True)
+        if cap is not None:
+            cap.after_scores(positions, self.ledger)  # may stop an audit re-run (probes.AuditStop)
         return nll
 
     def after_scoring(self, positions: np.ndarray) -> None:
@@ -130,7 +137,8 @@ class EvalContext:
         positions = np.asarray(positions, dtype=np.int64)
         self.ledger.record_replay(positions, self.strategy_name)
         if positions.size:
-            self.mixer.learn(positions)
+            with probes.Timer(self.mixer):
+                (self.mixer.learn if hasattr(self.mixer, "learn") else self.mixer.update)(positions)
 
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at `positions` for a learning step (TTT); raises unless all scored."""

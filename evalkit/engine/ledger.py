@@ -3,8 +3,10 @@
 Every strategy records each score here, and asks here before any state learns from a
 validation token. It raises at once on a rescoring (rule C4) or on a learning read of a
 token that is not yet scored (rule C3), naming the position and the strategy. The audit
-reads it afterwards: coverage (each target scored exactly once), score order, probes of
-full distributions, warm-ups.
+reads it afterwards: coverage (each target scored exactly once), score order by call
+(one `ctx.score` call is one event: the order of positions inside a call means nothing),
+learning calls, warm-ups. Probes of full distributions are not requested here (a strategy
+can read the ledger): evalkit.engine.probes captures them.
 """
 from __future__ import annotations
 
@@ -18,28 +20,21 @@ class LedgerViolation(RuntimeError):
 
 
 @dataclass
-class Probe:
-    """A full distribution captured at the moment a position was scored (for the audit)."""
-
-    logp: np.ndarray  # float64 (V,) log-probabilities over the whole alphabet
-    fast_logp: float  # what the fast path recorded for the target
-
-
-@dataclass
 class Ledger:
     n_tokens: int
-    probe_positions: frozenset[int] = frozenset()  # positions whose full distribution the audit wants
     score_count: np.ndarray = field(init=False)  # int32 (N,) times each position was scored
     nll: np.ndarray = field(init=False)  # float64 (N,) -log p(target) in nats, 0 where unscored
-    score_event: np.ndarray = field(init=False)  # int64 (N,) order in which positions were scored, -1 unscored
+    score_event: np.ndarray = field(init=False)  # int64 (N,) call (score or learn) that scored it, -1 unscored
+    score_order: np.ndarray = field(init=False)  # int64 (N,) rank in the order positions were passed, -1 unscored
     learn_count: np.ndarray = field(init=False)  # int32 (N,) learning reads per position
     # The n-gram cache's own timeline: when this rank's cache learned each position (-1 never),
     # and which of those another rank scored (replayed in plan order, see `record_replay`).
     cache_seq: np.ndarray = field(init=False)  # int64 (N,)
     replayed: np.ndarray = field(init=False)  # bool (N,)
-    probes: dict[int, Probe] = field(default_factory=dict)
+    learn_events: list[int] = field(default_factory=list)  # call number of each learning read (check_learn)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
-    _events: int = 0
+    _calls: int = 0  # score and learn calls so far, in the order they happened
+    _scored: int = 0  # positions scored so far
     _cache_events: int = 0
 
     def __post_init__(self) -> None:
@@ -47,6 +42,7 @@ class Ledger:
         self.score_count = np.zeros(n, dtype=np.int32)
         self.nll = np.zeros(n, dtype=np.float64)
         self.score_event = np.full(n, -1, dtype=np.int64)
+        self.score_order = np.full(n, -1, dtype=np.int64)
         self.learn_count = np.zeros(n, dtype=np.int32)
         self.cache_seq = np.full(n, -1, dtype=np.int64)
         self.replayed = np.zeros(n, dtype=bool)
@@ -67,8 +63,10 @@ class Ledger:
         self.check_unlearned(positions, strategy)
         self.score_count[positions] += 1
         self.nll[positions] = nll
-        self.score_event[positions] = self._events + np.arange(positions.size)
-        self._events += positions.size
+        self.score_event[positions] = self._calls  # one call, one event, whatever the order inside it
+        self.score_order[positions] = self._scored + np.arange(positions.size)  # (a mixer learns in this order)
+        self._scored += positions.size
+        self._calls += 1
 
     def check_unlearned(self, positions: np.ndarray, strategy: str) -> None:
         """Raise if the cache already learned any of `positions` (a score from that state
@@ -90,6 +88,8 @@ class Ledger:
             raise LedgerViolation(f"C3 score before update: {strategy} read position {int(unscored[0])} "
                                   "for learning before it was scored")
         self.learn_count[positions] += 1
+        self.learn_events.append(self._calls)
+        self._calls += 1
         if cache:
             self._cache_learned(positions, strategy)
 
@@ -118,15 +118,6 @@ class Ledger:
         """A warm-up (compile, allocator) ran on `tokens` tokens from `source`
         ('random' is the only legal source of warm-up tokens)."""
         self.warmups.append({"strategy": strategy, "source": source, "tokens": int(tokens)})
-
-    def wants_probe(self, positions: np.ndarray) -> np.ndarray:
-        """Boolean mask of `positions` whose full distribution the audit asked for."""
-        if not self.probe_positions:
-            return np.zeros(len(positions), dtype=bool)
-        return np.isin(positions, np.fromiter(self.probe_positions, dtype=np.int64))
-
-    def record_probe(self, position: int, logp: np.ndarray, fast_logp: float) -> None:
-        self.probes[int(position)] = Probe(np.asarray(logp, dtype=np.float64), float(fast_logp))
 
     def check_replays(self, counts: np.ndarray, seq_min: np.ndarray, seq_max: np.ndarray, strategy: str) -> None:
         """C3 across ranks, given every rank's score counts (summed) and cache timelines

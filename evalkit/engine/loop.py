@@ -187,13 +187,13 @@ def run_config(strategy, spec: str | None, info: DistInfo) -> dict:
 
 
 def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: str | None = None,
-             probe_positions: frozenset[int] = frozenset(), progress: bool = True) -> tuple[Result, Ledger]:
+             progress: bool = True) -> tuple[Result, Ledger]:
     """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer: warm up
     outside the clock, then time the run."""
     mixer = make_mixer(model, data, mixer_spec)
     flush_notes()  # the inputs passed every check: now the informational lines (threads, warnings)
     label = mixer_label(strategy, mixer)
-    ledger = Ledger(data.n_tokens, probe_positions=probe_positions)
+    ledger = Ledger(data.n_tokens)
     ctx = EvalContext(model, data, ledger, label, info, mixer, progress)
     compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=mixer is not None)
     seconds = run_timed(strategy, ctx, model, info.device)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evalkit.engine.probes import Timer, active, probe_rows
+
 
 def device_entropy(logp: torch.Tensor) -> torch.Tensor:
     """(n, V) log-softmax rows -> (n,) float64 entropy in nats, on their device.
@@ -50,24 +52,37 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
     auxes, bounds, probes, a = [], [], {}, 0
     for i in sorted(int(i) for i in probe_idx):
         if i > a:
-            auxes.append(mixer.advance(positions[a:i]))
+            with Timer(mixer):  # host time of the cache (the audit's budget): not the probe below
+                auxes.append(mixer.advance(positions[a:i]))
             bounds.append((a, i))
-        row = logp[i].double().cpu().numpy()  # (V,) one probe row, the only whole row sent
+        row = probe_rows(logp[i:i + 1])[0]  # (V,) one probe row, the only whole row sent, float64-renormalized
         probes[int(positions[i])] = mixer.distribution(int(positions[i]), row, float(entropy[i]))
+        _own(mixer, int(positions[i]))
         a = i
     if n > a:
-        auxes.append(mixer.advance(positions[a:n]))
+        with Timer(mixer):
+            auxes.append(mixer.advance(positions[a:n]))
         bounds.append((a, n))
-    hints = [mixer.hint_tokens(aux) for aux in auxes]
+    with Timer(mixer):
+        hints = [mixer.hint_tokens(aux) for aux in auxes]
     hint_logp = None
     if hints and hints[0] is not None:
         cols = torch.from_numpy(np.maximum(np.concatenate(hints), 0)).to(logp.device)
         hint_logp = _gather(logp, cols)
     out = np.empty(n, np.float64)
-    for aux, (a, b) in zip(auxes, bounds):
-        out[a:b] = mixer.combine(aux, target_logp[a:b], None if hint_logp is None else hint_logp[a:b],
-                                 entropy[a:b])
+    with Timer(mixer):
+        for aux, (a, b) in zip(auxes, bounds):
+            out[a:b] = mixer.combine(aux, target_logp[a:b], None if hint_logp is None else hint_logp[a:b],
+                                     entropy[a:b])
     return out, probes
+
+
+def _own(mixer, position: int) -> None:
+    """The mixer's own distribution at a probe, from the same state, for the audit to sum
+    apart from the combined one (optional hook `own_distribution(position) -> (V,) log p`)."""
+    own, cap = getattr(mixer, "own_distribution", None), active()
+    if own is not None and cap is not None:
+        cap.own[position] = np.asarray(own(position), np.float64)
 
 
 def _score_whole_rows(mixer, positions, logp, probe_idx):
@@ -76,6 +91,9 @@ def _score_whole_rows(mixer, positions, logp, probe_idx):
     update(positions) after the call's scores, as those fixtures were written."""
     rows = logp.detach().double().cpu().numpy()
     probes = {int(positions[i]): mixer.distribution(positions[i:i + 1], rows[i:i + 1])[0] for i in probe_idx}
-    out = np.asarray(mixer.score(positions, rows), np.float64)
-    mixer.update(positions)
+    for i in probe_idx:
+        _own(mixer, int(positions[i]))
+    with Timer(mixer):
+        out = np.asarray(mixer.score(positions, rows), np.float64)
+        mixer.update(positions)
     return out, probes

@@ -14,6 +14,7 @@ batch's forward, and the main thread never waits for the GPU to hand rows over.
 """
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -44,7 +45,9 @@ class HostScorer:
             event.record()  # on the main thread's stream, after the kernels that made logp
         while len(self.pending) >= self.depth:
             self.pending.popleft().result()  # re-raises the worker's error here
-        self.pending.append(self.pool.submit(self._score, positions, logp, event))
+        # the worker runs in a copy of this context: context variables (the audit's probe
+        # capture, evalkit.engine.probes) reach ctx.score there as they would inline
+        self.pending.append(self.pool.submit(contextvars.copy_context().run, self._score, positions, logp, event))
 
     def _score(self, positions: np.ndarray, logp: torch.Tensor | None, event) -> None:
         with torch.inference_mode():  # grad mode is per thread
