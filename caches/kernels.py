@@ -13,14 +13,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .table import (find, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
-                    rehash_kernel, segment_keys, seq_key, SEED, table_zeros)
+from .table import (bump_ctx, bump_pair, find, get_ctx, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
+                    rehash_kernel, segment_keys, seq_key, F10, F16, S42, S52, SEED, SMALL_MAX, U64, WIDE,
+                    table_zeros)
 
 __all__ = ["find", "get_counts", "get_low", "rehash_kernel", "seq_key", "table_zeros"]
 
 BLOCK = 128  # positions whose keys are computed and prefetched together (~1400 lines, in L2)
 OK, BAD_POSITION, NEED_ROOM = 0, -1, -2
 MIX, TILT, LEARN = 0, 1, 2  # what advance_kernel computes before learning each position
+
+
+@njit(cache=True, nogil=True)
+def seq_key_with(tokens, t, L, a):
+    """Key of (tokens[t-L .. t-1], a): the n-gram whose last token is a."""
+    h = mix(SEED, a)
+    for j in range(1, L + 1):
+        h = mix(h, tokens[t - j])
+    return fix_key(h)
 
 
 @njit(cache=True, nogil=True)
@@ -44,7 +54,8 @@ def context_walk(tab, side, ckeys, t, lo, hi, stat):
     ckeys[L] = key of tokens[t-L..t-1]. Fills stat[0..3, L] = count, distinct, best count,
     best token for context lengths L (order L+1) with count > 0 and returns the longest such L
     (0 if none). Stops at the first unseen context: a longer context can only have been seen
-    where its suffix was (this prunes most probes on real text).
+    where its suffix was (this prunes most probes on real text). The slow path's walk; the
+    online pass has its own (``walk_known``), which also reuses slots it already knows.
     """
     best_L = 0
     for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
@@ -63,15 +74,55 @@ def context_walk(tab, side, ckeys, t, lo, hi, stat):
     return best_L
 
 
-@njit(cache=True, nogil=True)
-def wb_target(tab, side, unigram, total, vocab, a, pkeys, lo, best_L, stat):
-    """Witten-Bell p(a | prefix); pkeys[L+1] = key of (context of length L, a)."""
+@njit(cache=True, nogil=True, inline="always")
+def walk_known(tab, side, ckr, t, lo, hi, stat, cslot, pslot, contiguous):
+    """``context_walk`` of the online pass. Context slots it finds go to cslot[L] (-1: not
+    looked up or absent), for learning t without probing again; a position that follows the
+    previous one takes its contexts of length >= lo from that position's n-gram slots (the
+    same keys, learned just before, so present). Returns the longest seen context length."""
+    best_L = 0
+    stopped = False
+    for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
+        if stopped:
+            cslot[L] = -1
+            continue
+        if contiguous and L >= lo:
+            s = pslot[L]
+        else:
+            s = find(tab, ckr[L])
+        cslot[L] = s if s >= 0 else -1
+        if s < 0:
+            stopped = True
+            continue
+        c, d, b, tk = get_ctx(tab, side, s)
+        if c == 0:
+            stopped = True
+            continue
+        stat[0, L] = c
+        stat[1, L] = d
+        stat[2, L] = b
+        stat[3, L] = tk
+        best_L = L
+    return best_L
+
+
+@njit(cache=True, nogil=True, inline="always")
+def wb_target(tab, side, unigram, total, vocab, a, pkr, lo, best_L, stat, pfound, lazy):
+    """Witten-Bell p(a | prefix); pkr[L+1] = key of (context of length L, a). The n-gram
+    slots found go to pfound[L+1] (-1: absent) for learning t without probing again."""
     p = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
-        s = find(tab, pkeys[L + 1])
+        if lazy and stat[0, L] == stat[2, L]:  # one continuation so far: its count is implied
+            pfound[L + 1] = -1
+            p = ((stat[2, L] if a == stat[3, L] else 0) + p) / (stat[0, L] + 1)
+            continue
+        s = find(tab, pkr[L + 1])
         c = 0
         if s >= 0:
             c, _, _ = get_counts(tab, side, s)
+            pfound[L + 1] = s
+        else:
+            pfound[L + 1] = -1
         T = stat[1, L]
         p = (c + T * p) / (stat[0, L] + T)
     return p
@@ -92,15 +143,79 @@ def tilt_choice(stat, best_L, lo, tau, const):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, contiguous):
-    """Learn the n-grams ending at t; returns (new main keys, new side entries)."""
-    x = np.int64(tokens[t])
-    unigram[x] += 1
+def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
+    """Learn t with a single order (context length hi-1). Why lazy: on text most contexts of
+    15 tokens are seen once or always continue the same way, and then every n-gram count is
+    implied by the context's own fields (count C, best token, best count bc: the n-gram
+    (ctx, best) has count bc = C, any other 0). So n-gram entries are stored only once a
+    context has had two different continuations (C > bc from then on): ~1 key per token
+    instead of 2, and one probe instead of two. Counts stay exact."""
     new_main = 0
     new_side = 0
-    # ctx roles tokens[t-L..t-1], L in [lo-1, hi-1]; for a position that follows the
-    # previous one these are that position's pair slots (same keys, no probe).
+    if t + 1 < hi:
+        return 0, 0
+    L = hi - 1
+    if walked and cslot[L] >= 0:
+        cs = cslot[L]
+    else:
+        cs, ins = find_or_insert(tab, ckr[L])
+        new_main += ins
+    w = tab[cs, 1]
+    if (w & WIDE) == U64(0) and ((w >> S42) & F10) < U64(SMALL_MAX):
+        cc = np.int64((w >> S42) & F10)
+        if cc > 0 and cc == np.int64((w >> S52) & F10) and x == np.int64(w & F16):
+            tab[cs, 1] = w + (U64(1) << S42) + (U64(1) << S52)  # the one continuation again
+            return new_main, new_side
+    cp, cc, cb = get_counts(tab, side, cs)
+    cd, ct = get_low(tab, cs)
+    if cc == 0:
+        cc, cb, cd, ct = 1, 1, 1, x
+    elif cc == cb:
+        if x == ct:
+            cc += 1
+            cb += 1
+        else:  # the second continuation: store both n-gram counts from now on
+            s1, i1 = find_or_insert(tab, seq_key_with(tokens, t, L, ct))
+            new_side += put_counts(tab, side, s1, cb, 0, 0, 0, 0)
+            s2, i2 = find_or_insert(tab, pkr[hi])
+            new_side += put_counts(tab, side, s2, 1, 0, 0, 0, 0)
+            new_main += i1 + i2
+            cc += 1
+            cd = 2
+    else:
+        ps, ins = find_or_insert(tab, pkr[hi])
+        new_main += ins
+        p, c, bb = get_counts(tab, side, ps)
+        d, tk = get_low(tab, ps)
+        new_side += put_counts(tab, side, ps, p + 1, c, bb, d, tk)
+        cc += 1
+        if p == 0:
+            cd += 1
+        if p + 1 > cb:  # strict: ties keep the continuation that got there first
+            cb = p + 1
+            ct = x
+    new_side += put_counts(tab, side, cs, cp, cc, cb, cd, ct)
+    return new_main, new_side
+
+
+@njit(cache=True, nogil=True, inline="always")
+def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfound, contiguous,
+              walked, pknown, lazy):
+    """Learn the n-grams ending at t; returns (new main keys, new side entries).
+
+    walked: cslot holds the walk's context slots (-1 = unknown); else contexts of length >= lo
+    come from pslot when contiguous. pknown: n-gram lengths up to it have pfound slots.
+    lazy (single order): see ``learn_lazy``."""
+    x = np.int64(tokens[t])
+    unigram[x] += 1
+    if lazy:
+        return learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked)
+    new_main = 0
+    new_side = 0
+    # ctx roles tokens[t-L..t-1], L in [lo-1, hi-1]
     for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
+        if walked and cslot[L] >= 0:
+            continue
         if contiguous and L >= lo:
             cslot[L] = pslot[L]
         else:
@@ -110,20 +225,13 @@ def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, con
     # pair roles tokens[t-L+1..t], L in [lo, hi], whose context slot is cslot[L-1].
     for L in range(lo, min(hi, t + 1) + 1):
         cs = cslot[L - 1]
-        ps, ins = find_or_insert(tab, pkr[L])
-        new_main += ins
-        p, c, bb = get_counts(tab, side, ps)
-        d, tk = get_low(tab, ps)
-        new_side += put_counts(tab, side, ps, p + 1, c, bb, d, tk)
-        cp, cc, cb = get_counts(tab, side, cs)
-        cd, ct = get_low(tab, cs)
-        cc += 1
-        if p == 0:
-            cd += 1
-        if p + 1 > cb:  # strict: ties keep the continuation that got there first
-            cb = p + 1
-            ct = x
-        new_side += put_counts(tab, side, cs, cp, cc, cb, cd, ct)
+        if L <= pknown and pfound[L] >= 0:
+            ps = pfound[L]
+        else:
+            ps, ins = find_or_insert(tab, pkr[L])
+            new_main += ins
+        p, ns = bump_pair(tab, side, ps)
+        new_side += ns + bump_ctx(tab, side, cs, p, x)
         pslot[L] = ps
     return new_main, new_side
 
@@ -142,10 +250,12 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     stopped before positions[i] because the next block might not fit; grow, call again from i.
     """
     n = positions.shape[0]
-    worst_main = (hi - 1 - max(lo - 1, 1) + 1) + (hi - lo + 1)
-    worst_side = 2 * (hi - lo + 1)
+    lazy = lo == hi  # single order: n-gram entries only for contexts with 2+ continuations
+    worst_main = (hi - 1 - max(lo - 1, 1) + 1) + (hi - lo + 1) + (1 if lazy else 0)
+    worst_side = 2 * (hi - lo + 1) + (1 if lazy else 0)
     cslot = slots[0]
     pslot = slots[1]
+    pfound = slots[2]
     prev_t = np.int64(-2)
     for a in range(start, n, BLOCK):
         b = min(a + BLOCK, n)
@@ -155,14 +265,17 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
         for i in range(a, b):
             t = positions[i]
             r = i - a
+            contiguous = learn and t == prev_t + 1  # pslot holds t-1's n-gram slots
+            pknown = 0
             if kind != LEARN:
-                best_L = context_walk(tab, side, ck[r], t, lo, hi, stat)
+                best_L = walk_known(tab, side, ck[r], t, lo, hi, stat, cslot, pslot, contiguous)
                 if kind == MIX:
                     if best_L > 0:
                         out_i[i] = stat[3, best_L]
                         out_f[i, 0] = stat[0, best_L]
                         out_f[i, 1] = wb_target(tab, side, unigram, meta[2], vocab, np.int64(tokens[t]),
-                                                pk[r], lo, best_L, stat)
+                                                pk[r], lo, best_L, stat, pfound, lazy)
+                        pknown = best_L + 1
                     else:
                         out_i[i] = -1
                         out_f[i, 0] = 0.0
@@ -173,21 +286,12 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
                     out_f[i, 0] = f
             if learn:
                 nm, ns = learn_one(tab, side, unigram, tokens, t, lo, hi, ck[r], pk[r], cslot, pslot,
-                                   t == prev_t + 1)
+                                   pfound, contiguous, kind != LEARN, pknown, lazy)
                 meta[0] += nm
                 meta[1] += ns
                 meta[2] += 1
                 prev_t = t
     return OK, n
-
-
-@njit(cache=True, nogil=True)
-def seq_key_with(tokens, t, L, a):
-    """Key of (tokens[t-L .. t-1], a): the n-gram whose last token is a."""
-    h = mix(SEED, a)
-    for j in range(1, L + 1):
-        h = mix(h, tokens[t - j])
-    return fix_key(h)
 
 
 @njit(cache=True, nogil=True)
@@ -202,6 +306,10 @@ def wb_full_kernel(tab, side, unigram, total, vocab, tokens, t, lo, hi, out):
         out[a] = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
         T = stat[1, L]
+        if lo == hi and stat[0, L] == stat[2, L]:  # single order, one continuation: implied counts
+            for a in range(vocab):
+                out[a] = ((stat[2, L] if a == stat[3, L] else 0) + out[a]) / (stat[0, L] + 1)
+            continue
         for a in range(vocab):
             s = find(tab, seq_key_with(tokens, t, L, a))
             c = 0

@@ -36,8 +36,8 @@ _KINDS = {
             "slope": "slope=FLOAT >= 0", "c0": "c0=FLOAT > 0 (context-count half-saturation)"},
     "tilt": {"beta": "beta=FLOAT >= 0", "h0": "h0=FLOAT (entropy centre, nats)",
              "slope": "slope=FLOAT >= 0",
-             "gate": "gate=FLOAT in [0, 1] (hint only when best count >= gate x context count)",
-             "scale": "scale=entropy|const (strength beta*sigmoid(slope(H-h0))*bc/(C+1), or beta)",
+             "gate": "gate=FLOAT in [0, 1] (hint only when best count >= gate x context count; default 0.8)",
+             "scale": "scale=const|entropy (strength beta, the default, or beta*sigmoid(slope(H-h0))*bc/(C+1))",
              "preset": "preset=records"},
 }
 PRESETS = {("tilt", "records"): {"orders": (16, 16), "gate": 0.8, "scale": "const", "beta": 2.625}}
@@ -126,7 +126,7 @@ class NgramMixer:
         if kind == "mix":
             self.predictor = WittenBellMixture(**vals)
         else:
-            vals["const"] = vals.pop("scale", "entropy") == "const"
+            vals["const"] = vals.pop("scale", "const") == "const"
             self.predictor = NormalizedTilt(**vals)
         self._counts = np.zeros(3, np.int64)  # positions advanced, acted, hint right
 

@@ -85,11 +85,14 @@ class WittenBellMixture:
 
 @dataclass
 class NormalizedTilt:
-    beta: float = 1.5
+    """Defaults (the better rule in README's ablation): gate 0.8, constant beta 2.625, i.e.
+    the records' rule backing off over orders; gate=0,scale=entropy,beta=1.5 is the old one."""
+
+    beta: float = 2.625
     h0: float = 2.0
     slope: float = 2.0
-    gate: float = 0.0  # hint only from a context whose best count is >= gate x its count
-    const: bool = False  # True: strength beta everywhere (the records' rule)
+    gate: float = 0.8  # hint only from a context whose best count is >= gate x its count
+    const: bool = True  # strength beta everywhere (False: beta * sigmoid(slope(H-h0)) * bc/(C+1))
 
     kind = K.TILT
 

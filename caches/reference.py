@@ -81,13 +81,16 @@ def mix_logp(ref: RefNgram, t: int, a: int, row, wmax=0.3, h0=2.0, slope=2.0, c0
     return math.log((1.0 - w) * math.exp(lp) + w * ref.wb_prob(t, a))
 
 
-def tilt_logp(ref: RefNgram, t: int, a: int, row, beta=1.5, h0=2.0, slope=2.0) -> float:
-    ctxs = ref._contexts(t)
+def tilt_logp(ref: RefNgram, t: int, a: int, row, beta=2.625, h0=2.0, slope=2.0, gate=0.8, const=True) -> float:
+    """The hint comes from the longest seen context whose best count is >= gate x its count
+    (any seen context if gate = 0); strength beta (const) or beta*sigmoid(slope(H-h0))*bc/(C+1)."""
     lp = float(row[a])
-    if not ctxs:
+    for _, (C, _, hint, bc) in reversed(ref._contexts(t)):
+        if gate <= 0 or bc / C >= gate:
+            break
+    else:
         return lp
-    C, _, hint, bc = ctxs[-1][1]
-    b = beta * sigmoid(slope * (entropy(row) - h0)) * (bc / (C + 1.0))
+    b = beta if const else beta * sigmoid(slope * (entropy(row) - h0)) * (bc / (C + 1.0))
     return lp + (b if a == hint else 0.0) - math.log1p(math.exp(float(row[hint])) * math.expm1(b))
 
 

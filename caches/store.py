@@ -12,9 +12,10 @@ length for the key lengths in use. Orders lo..hi store sequences of lengths max(
 an n-gram of one order is the context of the next), and a length-L sequence is new at a
 fraction NOVEL[L] of positions (measured on the shared FineWeb streams, the larger of sp1024
 and sp8192: long sequences are almost all new, short ones saturate). Capacity = tokens x sum
-NOVEL[L] / max_load (+5%): orders 2-11 ~10.8 slots (172 B) per token, the records' single
-order 16 ~2.6 slots (42 B) per token. Why: growing from a small table rehashes every key
-~2x and faults in ~3x the final memory, which cost more CPU than all the scoring. A stream
+NOVEL[L] / max_load (+5%): orders 2-11 ~10.8 slots (172 B) per token. A single order
+stores n-grams lazily (kernels.learn_lazy): ~1 key, ~1.4 slots (23 B) per token. Why: growing
+from a small table rehashes every key ~2x and faults in ~3x the final memory, which cost
+more CPU than all the scoring. A stream
 with more novel sequences still grows (x1.5). An explicit capacity keeps the grow path.
 """
 from __future__ import annotations
@@ -34,7 +35,10 @@ NOVEL = (0.0, 0.02, 0.38, 0.71, 0.84, 0.90, 0.93, 0.95, 0.96, 0.97, 0.976, 0.981
 
 def presize_slots(n_tokens: int, lo: int, hi: int, max_load: float) -> int:
     """Slots for a stream of n_tokens at orders lo..hi (see Sizing)."""
-    keys = n_tokens * sum(NOVEL[L] for L in range(max(lo - 1, 1), hi + 1))
+    if lo == hi:  # single order: contexts, and n-grams only of contexts with 2+ continuations
+        keys = n_tokens * (NOVEL[hi - 1] + 0.1)
+    else:
+        keys = n_tokens * sum(NOVEL[L] for L in range(max(lo - 1, 1), hi + 1))
     return max(1 << 16, int(1.05 * keys / max_load))
 
 
@@ -55,7 +59,7 @@ class NgramStore:
         self.ck = np.zeros((K.BLOCK, self.hi + 1), np.uint64)
         self.pk = np.zeros((K.BLOCK, self.hi + 1), np.uint64)
         self.stat = np.zeros((4, self.hi + 1), np.int64)
-        self._slots = np.zeros((2, self.hi + 1), np.int64)
+        self._slots = np.zeros((3, self.hi + 1), np.int64)
         self.reset()
 
     def reset(self) -> None:
@@ -148,6 +152,10 @@ class NgramStore:
     def lookup(self, seq) -> tuple[int, int, int, int, int]:
         """(pair count, ctx count, distinct continuations, best token, best count) of a sequence."""
         arr = np.asarray(seq, dtype=np.uint16)
+        if self.lo == self.hi == arr.shape[0]:  # single order: an n-gram's count may be implied
+            _, c, _, tk, b = self.lookup(arr[:-1])
+            if c and c == b:
+                return (b if int(arr[-1]) == tk else 0), 0, 0, 0, 0
         key = K.seq_key(arr, arr.shape[0] - 1, arr.shape[0])
         s = K.find(self.tab, np.uint64(key))
         if s < 0:

@@ -138,10 +138,70 @@ def put_counts(tab, side, s, pair, ctx, bc, dist, tok):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def get_ctx(tab, side, s):
+    """(ctx count, distinct, best count, best token) of slot s from one load (inline counts)."""
+    w = tab[s, 1]
+    if w & WIDE:
+        _, c, b = get_counts(tab, side, s)
+        return c, np.int64((w >> S16) & F16), b, np.int64(w & F16)
+    return np.int64((w >> S42) & F10), np.int64((w >> S16) & F16), np.int64((w >> S52) & F10), np.int64(w & F16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bump_pair(tab, side, s):
+    """pair count of slot s += 1; returns the count before. One load and one store on the
+    packed word in the common case (inline and below the 10-bit limit)."""
+    w = tab[s, 1]
+    p = np.int64((w >> S32) & F10)
+    if (w & WIDE) == U64(0) and p < SMALL_MAX:
+        tab[s, 1] = w + (U64(1) << S32)
+        return p, 0
+    p, c, bb = get_counts(tab, side, s)
+    d, tk = get_low(tab, s)
+    return p, put_counts(tab, side, s, p + 1, c, bb, d, tk)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bump_ctx(tab, side, s, p, x):
+    """Slot s as a context was followed by x, whose n-gram count was p before: ctx count
+    += 1, distinct += 1 if p == 0, best = x if p + 1 > best count (strict: ties keep the
+    first). Returns new side entries."""
+    w = tab[s, 1]
+    cc = np.int64((w >> S42) & F10)
+    if (w & WIDE) == U64(0) and cc < SMALL_MAX and p < SMALL_MAX:
+        w += U64(1) << S42
+        if p == 0:
+            w += U64(1) << S16
+        if p + 1 > np.int64((w >> S52) & F10):
+            w = (w & ~((F10 << S52) | F16)) | (U64(p + 1) << S52) | U64(x)
+        tab[s, 1] = w
+        return 0
+    cp, cc, cb = get_counts(tab, side, s)
+    cd, ct = get_low(tab, s)
+    if p == 0:
+        cd += 1
+    if p + 1 > cb:
+        cb = p + 1
+        ct = x
+    return put_counts(tab, side, s, cp, cc + 1, cb, cd, ct)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def get_low(tab, s):
     """(dist, best_tok) of slot s."""
     w = tab[s, 1]
     return np.int64((w >> S16) & F16), np.int64(w & F16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def prefetch_home(tab, key):
+    """Prefetch the key's bucket line and the next one: an insert at load ~0.5-0.8 runs past
+    its 4-slot bucket a fair share of the time, and that stall (~100 ns) was not hidden."""
+    h = home(tab, key)
+    prefetch_slot(tab, h)
+    h2 = h + 4
+    if h2 < tab.shape[0]:
+        prefetch_slot(tab, h2)
 
 
 @intrinsic
@@ -190,7 +250,7 @@ def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
                     h = mix(h, tokens[t - L])
                     ck[r, L] = fix_key(h)
             for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-                prefetch_slot(tab, home(tab, ck[r, L]))
+                prefetch_home(tab, ck[r, L])
         prev = t
         if not pairs:
             continue
@@ -202,7 +262,7 @@ def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
                 h = mix(h, tokens[t - L + 1])
                 pk[r, L] = fix_key(h)
                 if L >= lo - 1:  # lo - 1: the next position's shortest context
-                    prefetch_slot(tab, home(tab, pk[r, L]))
+                    prefetch_home(tab, pk[r, L])
 
 
 def table_zeros(rows: int, cols: int) -> np.ndarray:

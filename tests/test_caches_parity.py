@@ -25,6 +25,10 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
+# the default (gated, constant) tilt and the entropy-scaled ungated one
+KINDS = ["mix", "tilt", "tilt,gate=0,scale=entropy,beta=1.5"]
+
+
 def mixed_logp(m, pos: np.ndarray, lp: np.ndarray) -> np.ndarray:
     """The engine's fast path on host rows: advance, gather target / hint, combine."""
     aux = m.advance(pos)
@@ -38,7 +42,8 @@ def run_both(kind: str, toks: np.ndarray, V: int, lo: int, hi: int, n_score: int
     """Learn the stream in 64-token segments, then score-and-learn the last n_score positions
     per token (the reference learns each position right after scoring it)."""
     rng = np.random.default_rng(seed)
-    m = parse_ngram_spec(V, f"{kind}:orders={lo}-{hi},cap=64")
+    name, _, extra = kind.partition(",")
+    m = parse_ngram_spec(V, f"{name}:orders={lo}-{hi},cap=64" + (f",{extra}" if extra else ""))
     ref = RefNgram(V, lo, hi)
     m.bind(toks)
     ref.bind(toks)
@@ -49,7 +54,8 @@ def run_both(kind: str, toks: np.ndarray, V: int, lo: int, hi: int, n_score: int
         m.learn(pos)
         ref.update(pos)
     fast, slow = [], []
-    fn = mix_logp if kind == "mix" else tilt_logp
+    fn = mix_logp if name == "mix" else tilt_logp if not extra else (
+        lambda r, t, a, row: tilt_logp(r, t, a, row, beta=1.5, gate=0.0, const=False))
     for a in range(start, N, 16):
         pos = np.arange(a, min(a + 16, N))
         # a peaked model row on some positions so both branches of the sigmoid are used
@@ -61,7 +67,7 @@ def run_both(kind: str, toks: np.ndarray, V: int, lo: int, hi: int, n_score: int
     return np.concatenate(fast), np.array(slow)
 
 
-@pytest.mark.parametrize("kind", ["mix", "tilt"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_order_random_stream(kind):
     rng = np.random.default_rng(1)
     V = 6  # a small alphabet so every order has repeated contexts
@@ -76,7 +82,7 @@ def test_every_order_random_stream(kind):
     assert worst <= 1e-12
 
 
-@pytest.mark.parametrize("kind", ["mix", "tilt"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_order_real_stream(kind):
     toks = shard_tokens(n=3000)
     worst = 0.0

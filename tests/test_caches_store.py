@@ -49,3 +49,24 @@ def test_bind_rejects_bad_tokens():
         st.bind(np.array([1, 2, 8]))
     with pytest.raises(CacheInputError):
         NgramStore(70000)
+
+
+def test_single_order_lazy_ngrams_stay_exact():
+    """One order: n-gram entries exist only for contexts with two or more continuations, yet
+    every count (as lookup reports it) equals the reference's, and fewer keys are stored."""
+    rng = np.random.default_rng(5)
+    toks = rng.integers(0, 3, 20000).astype(np.uint16)
+    for n in (3, 6):
+        st = NgramStore(3, n, n, capacity=16)
+        st.bind(toks)
+        ref = RefNgram(3, n, n)
+        ref.bind(toks)
+        for a in range(0, 20000, 999):
+            st.update(np.arange(a, min(a + 999, 20000)))
+        ref.update(range(20000))
+        for seq, c in ref.pair.items():
+            assert st.lookup(seq)[0] == c, seq
+        for h, (c, d, tk, b) in ref.ctx.items():
+            assert st.lookup(h)[1:] == (c, d, tk, b), h
+        uniform = sum(1 for c, d, _, _ in ref.ctx.values() if d == 1)
+        assert st.n_main == len(ref.ctx) + len(ref.pair) - uniform

@@ -166,14 +166,16 @@ def build_rows(args, planned: list[Planned], records: dict, baseline: str, cfg) 
                                                            rec["mixer_seconds"], args.utilization,
                                                            doc_tokens=sums.tokens),
             "tokens": s["tokens"], "bytes": s["bytes"], "docs": cmp.docs, "cached": rec["cached"],
-            "unscored": s["coverage"]["unscored"], "config": p.ident.run_config})
+            "unscored": s["coverage"]["unscored"], "ngram_acted": s.get("ngram_acted", ""),
+            "ngram_hint_right": s.get("ngram_hint_right", ""), "config": p.ident.run_config})
     return rows
 
 
 TABLE_COLUMNS = [("name", "strategy", ""), ("val_bpb", "bpb", ".4f"), ("delta", "Δbpb", ""), ("ci", "95% CI", ""),
                  ("p", "p", ""), ("delta_n", "Δnats/tok", ""), ("p_m", "p(gain<0.005 nats)", ""),
                  ("seconds", "seconds", ".1f"), ("tokens_per_s", "tokens/s", ",.0f"),
-                 ("projected_8xh100_s", "8×H100 s (proj.)", ".4g")]
+                 ("projected_8xh100_s", "8×H100 s (proj.)", ".4g"), ("ngram_acted", "cache acts", ".2%"),
+                 ("ngram_hint_right", "hint right", ".1%")]
 
 
 def table_md(rows: list[dict], baseline: str, args, device: str) -> str:

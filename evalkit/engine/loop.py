@@ -40,6 +40,7 @@ class Result:
     per_doc_tokens: np.ndarray  # int64 (D,)
     mixer_memory_bytes: int = 0
     compile_seconds: float = 0.0  # kernel compile/load and model warm-up on random tokens, before the clock
+    mixer_stats: dict | None = None  # positions, acted, hint_right summed over ranks (n-gram mixers)
 
     @property
     def tokens_per_s(self) -> float:
@@ -49,7 +50,26 @@ class Result:
         return {"strategy": self.label, "val_loss": self.val_loss, "val_bpb": self.val_bpb,
                 "tokens": self.tokens, "bytes": self.bytes, "seconds": self.seconds,
                 "tokens_per_s": self.tokens_per_s, "coverage": self.coverage, "config": self.config,
-                "mixer_memory_bytes": self.mixer_memory_bytes, "compile_seconds": self.compile_seconds}
+                "mixer_memory_bytes": self.mixer_memory_bytes, "compile_seconds": self.compile_seconds,
+                **mixer_fields(self.mixer_stats)}
+
+
+def mixer_fields(stats: dict | None) -> dict:
+    """Where the cache acted and how often its hint was the target, for tables and JSON."""
+    if not stats:
+        return {}
+    n, acted, right = stats["positions"], stats["acted"], stats["hint_right"]
+    return {"ngram_stats": stats, "ngram_acted": acted / n if n else 0.0,
+            "ngram_hint_right": right / acted if acted else 0.0}
+
+
+def gather_mixer_stats(mixer, info: DistInfo) -> dict | None:
+    if mixer is None or not hasattr(mixer, "stats"):
+        return None
+    keys = ("positions", "acted", "hint_right")
+    local = mixer.stats()
+    total = all_reduce_sum(np.array([local[k] for k in keys], np.int64), info)
+    return {k: int(v) for k, v in zip(keys, total)}
 
 
 def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) -> Result:
@@ -76,7 +96,8 @@ def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) ->
                   val_bpb=nll / math.log(2) / max(total_bytes, 1), tokens=total_tokens, bytes=total_bytes,
                   seconds=seconds, coverage=coverage, config=config, per_doc_nll=per_doc_nll,
                   per_doc_bytes=per_doc_bytes, per_doc_tokens=per_doc_tokens,
-                  mixer_memory_bytes=int(ctx.mixer.memory_bytes()) if ctx.mixer is not None else 0)
+                  mixer_memory_bytes=int(ctx.mixer.memory_bytes()) if ctx.mixer is not None else 0,
+                  mixer_stats=gather_mixer_stats(ctx.mixer, info))
 
 
 def check_cache_timelines(ledger: Ledger, counts: np.ndarray, info: DistInfo, label: str) -> None:

@@ -17,6 +17,7 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]] | None 
     columns = columns or [("strategy", "strategy", ""), ("val_loss", "val_loss", ".4f"),
                           ("val_bpb", "val_bpb", ".4f"), ("tokens", "tokens", ","), ("bytes", "bytes", ","),
                           ("seconds", "seconds", ".1f"), ("tokens_per_s", "tokens/s", ",.0f"),
+                          ("ngram_acted", "cache acts", ".2%"), ("ngram_hint_right", "hint right", ".1%"),
                           ("compile_seconds", "compile s", ".1f")]
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     rule = "|" + "|".join("---" if not fmt else "---:" for _, _, fmt in columns) + "|"
