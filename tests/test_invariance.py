@@ -73,6 +73,8 @@ def case_nll(name: str, batch_windows: int, info: DistInfo, model=None) -> np.nd
     data = phrase_data()
     result, ledger = evaluate(model, data, build_strategy(strategy, opts), info, mixer, progress=False)
     assert result.coverage["scored_once"] == result.coverage["targets"] == data.n_tokens - 1, name
+    # the all-reduce left this rank's own counts alone (gloo used to reduce them in place)
+    assert np.array_equal(ledger.score_count > 0, ledger.score_event >= 0) and ledger.score_count.max() <= 1
     return all_reduce_sum(ledger.nll, info)
 
 

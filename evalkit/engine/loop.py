@@ -2,8 +2,10 @@
 
 Data flows one way: model -> (strategy's window plan) -> log-probs -> mixer (n-gram
 cache) -> ledger -> per-document sums -> `Result`. Strategies drive the loop; the engine
-gives them an `EvalContext` whose `score` and `after_scoring` are the only doors to the
-ledger, so every built-in is score-first by construction and the audit can check it.
+gives them an `EvalContext` whose `score`, `learn_elsewhere`, `after_scoring` and
+`tokens_for_learning` are the only doors to the ledger, so every built-in is score-first
+by construction and the audit can check it. Warm-ups (kernel compile, the model on
+random tokens) run before the clock and are reported as `compile_seconds`.
 """
 from __future__ import annotations
 

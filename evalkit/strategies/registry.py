@@ -1,8 +1,11 @@
 """The strategy registry: `@register("name")` and `build_strategy(name, opts)`.
 
 A strategy is a class with `name`, `__init__(opts)`, `label`, `claims_doc_isolation`,
-`config()` and `run(ctx)`; `run` scores every target through `ctx.score` and lets state
-learn only through `ctx.after_scoring` / `ctx.tokens_for_learning` (evalkit.engine).
+`config()` and `run(ctx)`, and optionally `warmup(ctx)` (run before the clock, on
+`ctx.warmup_tokens` only); `run` scores every target through `ctx.score` (an n-gram cache
+learns there, in the order given) and lets state learn only through `ctx.learn_elsewhere`
+(positions another rank scores, in plan order) / `ctx.after_scoring` /
+`ctx.tokens_for_learning` (evalkit.engine).
 User strategies implement the same protocol and reach the audit with `--plugin`.
 Adding a strategy never touches the engine loop.
 """
