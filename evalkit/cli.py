@@ -87,5 +87,5 @@ def set_threads(requested: int | None = None) -> int:
     torch.set_num_threads(n)
     if os.environ.get("RANK", "0") == "0":
         tail = "" if why == "--threads" else "; --threads N overrides"
-        print(f"threads: {n} ({why}{tail})", file=sys.stderr, flush=True)
+        print(f"threads: {n} ({why}{tail})", flush=True)  # stdout: stderr stays the one error line
     return n

@@ -6,7 +6,6 @@ validation glob, the tokenizer (its byte table) and an optional byte sidecar.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def check_tokenizer(tokenizer: str, val: str, loaded: LoadedModel, allow_mismatc
         elif str(loaded.path) not in _WARNED:
             _WARNED.add(str(loaded.path))
             print(f"warning: {loaded.path} records no tokenizer (exported before evalkit recorded one): cannot "
-                  f"check --tokenizer {tokenizer}; re-export it to record it", file=sys.stderr)
+                  f"check --tokenizer {tokenizer}; re-export it to record it")  # stdout: stderr is for the error
     rec = recorded_tokenizer(val)
     if rec is not None:
         claims.append((str(rec[0]), rec[1].get("tokenizer", "?"), rec[1]["tokenizer_sha256"]))
@@ -94,5 +93,4 @@ def check_tokenizer(tokenizer: str, val: str, loaded: LoadedModel, allow_mismatc
                f"{want[:12]})")
         if not allow_mismatch:
             raise EvalkitError(f"{msg}; pass that tokenizer, or --allow-tokenizer-mismatch to score anyway")
-        print(f"warning: {msg}; scoring anyway (--allow-tokenizer-mismatch): bytes may be miscounted",
-              file=sys.stderr)
+        print(f"warning: {msg}; scoring anyway (--allow-tokenizer-mismatch): bytes may be miscounted")
