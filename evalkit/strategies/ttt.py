@@ -189,7 +189,7 @@ class TTT(Strategy):
                             ("--ttt-warmup-steps", o.ttt_warmup_steps, 0)):
             if v < lo:
                 raise EvalkitError(f"{flag} {v}: must be >= {lo}")
-        if o.ttt_context < o.ttt_chunk:
+        if o.ttt_context is not None and o.ttt_context < o.ttt_chunk:
             raise EvalkitError(f"--ttt-context {o.ttt_context}: must be >= --ttt-chunk ({o.ttt_chunk})")
         if o.ttt_lr < 0:
             raise EvalkitError(f"--ttt-lr {o.ttt_lr}: must be >= 0")
@@ -215,6 +215,8 @@ class TTT(Strategy):
         from evalkit.strategies.ttt_phases import global_phase, restoring_base
 
         o, info = self.opts, ctx.info
+        o.ttt_context = o.ttt_context or ctx.model.cfg.train_seq_len  # when built without --seq-len resolved
+        o.ttt_phase_seq = o.ttt_phase_seq or ctx.model.cfg.train_seq_len
         queue = plan_queue(ctx.data.doc_starts, ctx.data.n_tokens, o.ttt_batch, self.phases)
         alpha = o.ttt_alpha if o.ttt_alpha is not None else float(o.ttt_rank)
         total = ctx.data.n_tokens - 1
