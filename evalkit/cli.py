@@ -81,19 +81,16 @@ def thread_policy(requested: int | None = None) -> tuple[int, str]:
     return per, f"{cores} cores / {local} local process{'es' if local > 1 else ''}, load {load:.1f}"
 
 
-def set_threads(requested: int | None = None, announce: bool = True) -> str:
-    """Apply thread_policy to torch; print the choice in one line (rank 0 only) unless
-    `announce` is False. Returns that line, for a caller that prints it later (after its
-    inputs are checked, so that bad input still gets exactly one line)."""
+def set_threads(requested: int | None = None, defer: bool = False) -> int:
+    """Apply thread_policy to torch and say the choice in one line on stderr (rank 0 only);
+    `defer`: once evaluation starts (see `announce_line`)."""
     import torch  # lazily: data and model commands that never run a model do not pay for it
 
     n, why = thread_policy(requested)
     torch.set_num_threads(n)
     tail = "" if why == "--threads" else "; --threads N overrides"
-    line = f"threads: {n} ({why}{tail})"
-    if announce:
-        announce_line(line)
-    return line
+    announce_line(f"threads: {n} ({why}{tail})", defer=defer)
+    return n
 
 
 _NOTES: list[str] = []  # informational lines held back until the work starts

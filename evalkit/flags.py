@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from evalkit.cli import announce_line, set_threads
+from evalkit.cli import set_threads
 from evalkit.engine.dist import init_dist
 from evalkit.engine.inputs import check_tokenizer, load_data, load_model, load_user_model
 from evalkit.errors import EvalkitError
@@ -57,7 +57,7 @@ def prepare(args: argparse.Namespace):
     if args.share_ngram:
         raise EvalkitError("--share-ngram: removed; every rank's n-gram cache now learns all scored positions in "
                            "plan order, so scores no longer depend on the process count: drop the flag")
-    threads = set_threads(args.threads, announce=False)
+    set_threads(args.threads, defer=True)  # said when evaluation starts: bad input stays one line
     if args.limit_docs is not None and args.limit_docs < 1:
         raise EvalkitError(f"--limit-docs {args.limit_docs}: must be >= 1")
     torch.manual_seed(args.seed)
@@ -83,7 +83,6 @@ def prepare(args: argparse.Namespace):
         args.batch_windows = default_batch_windows(loaded.config, args.seq_len, info.device)
     check_window_opts(args)
     check_tokenizer(args.tokenizer, args.val, loaded, args.allow_tokenizer_mismatch)  # last: it may warn
-    announce_line(threads, defer=True)  # printed when evaluation starts: bad input stays one line
     args.compile_seconds = None
     if args.compile:
         args.compile_seconds = compile_model(loaded.model, args.seq_len, args.batch_windows, info.device)

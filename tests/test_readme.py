@@ -68,7 +68,7 @@ def subcommand(target: list[str], args: list[str]) -> list[str]:
 COMMANDS = readme_commands()
 
 
-def _run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     import os
 
     env = {**os.environ, **ENV_THREADS, "PYTHONPATH": str(ROOT)}
@@ -220,6 +220,8 @@ def substitute(cmd: str, w: dict) -> list[str]:
         else:
             out.append(a)
         i += 1
+    if target[1] == "evalkit.ablate" and "--out" not in out:  # never the default ./ablate_out in the checkout
+        out += ["--out", str(w["dir"] / "o")]
     return [*target, *sub, *out, *TINY_TAIL.get(target[1], [])]
 
 

@@ -199,14 +199,14 @@ class TTT(Strategy):
         # Lengths follow the model: a context longer than it was trained on costs time and
         # buys nothing (the default used to be 2048 whatever the artifact).
         o.ttt_context = o.ttt_context or o.seq_len
-        o.ttt_phase_seq = o.ttt_phase_seq or o.seq_len or o.ttt_context
+        o.ttt_phase_seq = o.ttt_phase_seq or o.seq_len
         self.targets = parse_targets(o.ttt_targets)
         for flag, v, lo in (("--ttt-chunk", o.ttt_chunk, 1), ("--ttt-batch", o.ttt_batch, 1),
                             ("--ttt-steps", o.ttt_steps, 1), ("--ttt-rank", o.ttt_rank, 1),
                             ("--ttt-warmup-steps", o.ttt_warmup_steps, 0)):
             if v < lo:
                 raise EvalkitError(f"{flag} {v}: must be >= {lo}")
-        if o.ttt_context < o.ttt_chunk:
+        if o.ttt_context is not None and o.ttt_context < o.ttt_chunk:
             raise EvalkitError(f"--ttt-context {o.ttt_context}: must be >= --ttt-chunk ({o.ttt_chunk})")
         if o.ttt_lr < 0:
             raise EvalkitError(f"--ttt-lr {o.ttt_lr}: must be >= 0")
@@ -233,12 +233,22 @@ class TTT(Strategy):
         alpha = o.ttt_alpha if o.ttt_alpha is not None else float(o.ttt_rank)
         return AdapterSet(ctx.model, self.targets, o.ttt_batch, o.ttt_rank, alpha)
 
+    def _lengths(self, ctx) -> None:
+        """Lengths left unset (a strategy built without the CLI resolving --seq-len) follow
+        the model's train_seq_len; the model's RoPE follows the chunk context."""
+        o = self.opts
+        o.ttt_context = o.ttt_context or ctx.model.cfg.train_seq_len
+        o.ttt_phase_seq = o.ttt_phase_seq or o.ttt_context
+        if o.ttt_context < o.ttt_chunk:
+            raise EvalkitError(f"--ttt-context {o.ttt_context}: must be >= --ttt-chunk ({o.ttt_chunk})")
+        ctx.model.set_context_len(o.ttt_context)
+
     def warmup(self, ctx) -> None:
         """Forward and backward steps on random tokens through throw-away adapters, before
         the clock starts; the base weights are put back afterwards."""
         from evalkit.strategies.ttt_phases import restoring_base
 
-        ctx.model.set_context_len(self.opts.ttt_context)
+        self._lengths(ctx)
         with restoring_base(ctx.model):
             warm_up(ctx, self.opts, self._adapters(ctx))
 
@@ -246,7 +256,7 @@ class TTT(Strategy):
         from evalkit.strategies.ttt_phases import global_phase, restoring_base
 
         o, info = self.opts, ctx.info
-        ctx.model.set_context_len(o.ttt_context)
+        self._lengths(ctx)
         queue = plan_queue(ctx.data.doc_starts, ctx.data.n_tokens, o.ttt_batch, self.phases)
         total = ctx.data.n_tokens - 1
         with restoring_base(ctx.model), ctx.progress(total, ctx.strategy_name) as bar:
