@@ -178,6 +178,16 @@ class NgramMixer:
             raise ValueError(f"model_logp_row must be ({self.store.vocab_size},), got {row.shape}")
         return self.predictor.full(self.store, int(position), row, float(entropy))
 
+    def own_distribution(self, position: int) -> np.ndarray | None:
+        """The cache's own (V,) float64 log-distribution at ``position`` from the current state,
+        apart from the model's (the audit sums it separately from the combined one): mix's
+        Witten-Bell p_ngram. None for a tilt, which has none: it reweights the model's."""
+        if not hasattr(self.predictor, "ngram_distribution"):
+            return None
+        p, _, _ = self.predictor.ngram_distribution(self.store, int(position))
+        with np.errstate(divide="ignore"):
+            return np.log(p)
+
     def stats(self) -> dict:
         """Positions advanced, how many the cache acted on (a seen context for the mixture, a
         hint for the tilt) and how often its hint (best continuation) was the target."""

@@ -56,7 +56,7 @@ def test_unnormalized_rows_fail_even_when_small() -> None:
     class Tempered(Sliding):
         def run(self, ctx) -> None:
             orig = ctx.log_probs
-            ctx.log_probs = lambda idx, model=None: orig(idx, model) * 0.98  # sum p != 1
+            ctx.log_probs = lambda idx, model=None, rows=None: orig(idx, model, rows) * 0.98  # sum p != 1
             super().run(ctx)
 
     torch.set_num_threads(1)

@@ -116,3 +116,15 @@ def test_illegal_hashed_ratio_fails_normalization():
     sums = np.exp(m.distribution(pos, model_rows(8, V, 4))).sum(axis=1)
     print(f"illegal hashed ratio: sums over the vocabulary {np.round(sums, 1)}")
     assert np.abs(sums - 1).max() > 1.0  # far from a distribution: what C2 catches
+
+
+@pytest.mark.parametrize("V", [1024, 8192])
+def test_own_distribution_is_the_caches_and_sums_to_one(V):
+    """The audit sums the cache's own distribution apart from the combined one: mix exposes
+    its Witten-Bell distribution (a whole distribution at every state), a tilt has none."""
+    toks = stream(V, 3000).astype(np.int64)
+    m = learned_mixer("mix:orders=2-6", V, toks, 2000)
+    worst = max(abs(float(np.exp(m.own_distribution(t)).sum()) - 1.0) for t in (2000, 2001, 2500))
+    print(f"mix own distribution at V={V}: max |sum p - 1| = {worst:.3e}")
+    assert worst < 1e-12
+    assert learned_mixer("tilt:orders=2-6", V, toks, 2000).own_distribution(2000) is None

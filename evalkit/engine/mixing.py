@@ -82,7 +82,9 @@ def _own(mixer, position: int) -> None:
     apart from the combined one (optional hook `own_distribution(position) -> (V,) log p`)."""
     own, cap = getattr(mixer, "own_distribution", None), active()
     if own is not None and cap is not None:
-        cap.own[position] = np.asarray(own(position), np.float64)
+        dist = own(position)
+        if dist is not None:  # a tilt has no distribution of its own
+            cap.own[position] = np.asarray(dist, np.float64)
 
 
 def _score_whole_rows(mixer, positions, logp, probe_idx):
