@@ -51,6 +51,16 @@ def tiny_artifact(tmp_path) -> Path:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on one torch thread: an in-process CLI call applies the thread
+    policy (2 threads on an idle 2-core box), and a later parity test comparing a 1-thread
+    worker with this process must not depend on which tests ran before it or on the load."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     """`cuda`-marked tests are skipped, with the reason, where no CUDA device is visible."""
     if torch.cuda.is_available():
