@@ -28,21 +28,12 @@ AUDIT_LIMIT_S, SELFTEST_LIMIT_S = 180.0, 300.0
 
 
 def demo_sized_artifact(path: Path) -> Path:
-    import torch
-
-    from evalkit.model.artifact import save_artifact
-    from evalkit.model.gpt import GPT, GPTConfig
-    from evalkit.model.quant import QuantSpec, quantize_state_dict
+    from evalkit.audit.selftest import random_artifact
+    from evalkit.model.gpt import GPTConfig
 
     cfg = GPTConfig(vocab_size=1024, num_layers=4, model_dim=192, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
                     train_seq_len=256)
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(std=0.08)
-    save_artifact(path, cfg, quantize_state_dict(model.state_dict(), QuantSpec(8)))
+    random_artifact(path, cfg)
     return path
 
 

@@ -56,17 +56,23 @@ def synthetic_stream(n_docs: int = 6, doc_len: int = 260, vocab: int = 1024,
     return EvalData(tokens, table.target_bytes(tokens), doc_starts(tokens), source="synthetic"), table
 
 
-def tiny_model(tmp: Path, vocab: int = 1024) -> tuple[GPT, int]:
-    """A random 2-layer model, through a real artifact file (so the budget check has bytes)."""
-    cfg = GPTConfig(vocab_size=vocab, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, train_seq_len=64)
+def random_artifact(path: Path, cfg: GPTConfig) -> int:
+    """A random model (matrices at std 0.08, a trained model's logit scale) written as a real
+    int8 artifact at `path`; returns its bytes."""
     torch.manual_seed(0)
     model = GPT(cfg)
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(std=0.08)
+    return save_artifact(path, cfg, quantize_state_dict(model.state_dict(), QuantSpec(8)))
+
+
+def tiny_model(tmp: Path, vocab: int = 1024) -> tuple[GPT, int]:
+    """A random 2-layer model, through a real artifact file (so the budget check has bytes)."""
+    cfg = GPTConfig(vocab_size=vocab, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, train_seq_len=64)
     path = tmp / "selftest.ptz"
-    nbytes = save_artifact(path, cfg, quantize_state_dict(model.state_dict(), QuantSpec(8)))
+    nbytes = random_artifact(path, cfg)
     return load_model(str(path), torch.device("cpu")).model, nbytes
 
 
