@@ -4,9 +4,10 @@
 from the current counts what scoring t needs (the longest seen context's statistics, the
 Witten-Bell probability of the target, the tilt's hint), then learns t. So a call over a
 whole range is exactly "score t, learn t, score t+1, ..." in one kernel, with no Python per
-token or per segment. Keys are computed BLOCK positions ahead and every slot they will
-touch is prefetched first (``table.segment_keys``): the prefetch addresses depend on the
-tokens only, never on the counts, so prefetching ahead of learning is exact.
+token or per segment. Keys are computed a block of positions ahead (``table.segment_keys``)
+and the slots of position i + AHEAD are prefetched while position i is processed: the
+prefetch addresses depend on the tokens only, never on the counts, so prefetching ahead of
+learning is exact. The hot loop works on reference-count-free views (``table.unmanaged``).
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import numpy as np
 from numba import njit
 
 from .table import (bump_ctx, bump_pair, find, get_ctx, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
-                    rehash_kernel, segment_keys, seq_key, F10, F16, S42, S52, SEED, SMALL_MAX, U64, WIDE,
-                    table_zeros)
+                    prefetch_keys, rehash_kernel, segment_keys, seq_key, unmanaged, F10, F16, S42, S52, SEED,
+                    SMALL_MAX, U64, WIDE, table_zeros)
 
 __all__ = ["find", "get_counts", "get_low", "rehash_kernel", "seq_key", "table_zeros"]
 
-BLOCK = 128  # positions whose keys are computed and prefetched together (~1400 lines, in L2)
+BLOCK = 128  # positions whose keys are computed together (room is checked per block)
+AHEAD = 16  # positions between a position's prefetch and its processing
 OK, BAD_POSITION, NEED_ROOM = 0, -1, -2
 MIX, TILT, LEARN = 0, 1, 2  # what advance_kernel computes before learning each position
 
@@ -75,7 +77,7 @@ def context_walk(tab, side, ckeys, t, lo, hi, stat):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def walk_known(tab, side, ckr, t, lo, hi, stat, cslot, pslot, contiguous):
+def walk_known(tab, side, ck, r, t, lo, hi, stat, cslot, pslot, contiguous):
     """``context_walk`` of the online pass. Context slots it finds go to cslot[L] (-1: not
     looked up or absent), for learning t without probing again; a position that follows the
     previous one takes its contexts of length >= lo from that position's n-gram slots (the
@@ -89,7 +91,7 @@ def walk_known(tab, side, ckr, t, lo, hi, stat, cslot, pslot, contiguous):
         if contiguous and L >= lo:
             s = pslot[L]
         else:
-            s = find(tab, ckr[L])
+            s = find(tab, ck[r, L])
         cslot[L] = s if s >= 0 else -1
         if s < 0:
             stopped = True
@@ -107,8 +109,8 @@ def walk_known(tab, side, ckr, t, lo, hi, stat, cslot, pslot, contiguous):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def wb_target(tab, side, unigram, total, vocab, a, pkr, lo, best_L, stat, pfound, lazy):
-    """Witten-Bell p(a | prefix); pkr[L+1] = key of (context of length L, a). The n-gram
+def wb_target(tab, side, unigram, total, vocab, a, pk, r, lo, best_L, stat, pfound, lazy):
+    """Witten-Bell p(a | prefix); pk[r, L+1] = key of (context of length L, a). The n-gram
     slots found go to pfound[L+1] (-1: absent) for learning t without probing again."""
     p = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
@@ -116,7 +118,7 @@ def wb_target(tab, side, unigram, total, vocab, a, pkr, lo, best_L, stat, pfound
             pfound[L + 1] = -1
             p = ((stat[2, L] if a == stat[3, L] else 0) + p) / (stat[0, L] + 1)
             continue
-        s = find(tab, pkr[L + 1])
+        s = find(tab, pk[r, L + 1])
         c = 0
         if s >= 0:
             c, _, _ = get_counts(tab, side, s)
@@ -143,7 +145,7 @@ def tilt_choice(stat, best_L, lo, tau, const):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
+def learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, walked):
     """Learn t with a single order (context length hi-1). Why lazy: on text most contexts of
     15 tokens are seen once or always continue the same way, and then every n-gram count is
     implied by the context's own fields (count C, best token, best count bc: the n-gram
@@ -158,7 +160,7 @@ def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
     if walked and cslot[L] >= 0:
         cs = cslot[L]
     else:
-        cs, ins = find_or_insert(tab, ckr[L])
+        cs, ins = find_or_insert(tab, ck[r, L])
         new_main += ins
     w = tab[cs, 1]
     if (w & WIDE) == U64(0) and ((w >> S42) & F10) < U64(SMALL_MAX):
@@ -177,13 +179,13 @@ def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
         else:  # the second continuation: store both n-gram counts from now on
             s1, i1 = find_or_insert(tab, seq_key_with(tokens, t, L, ct))
             new_side += put_counts(tab, side, s1, cb, 0, 0, 0, 0)
-            s2, i2 = find_or_insert(tab, pkr[hi])
+            s2, i2 = find_or_insert(tab, pk[r, hi])
             new_side += put_counts(tab, side, s2, 1, 0, 0, 0, 0)
             new_main += i1 + i2
             cc += 1
             cd = 2
     else:
-        ps, ins = find_or_insert(tab, pkr[hi])
+        ps, ins = find_or_insert(tab, pk[r, hi])
         new_main += ins
         p, c, bb = get_counts(tab, side, ps)
         d, tk = get_low(tab, ps)
@@ -199,7 +201,7 @@ def learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfound, contiguous,
+def learn_one(tab, side, unigram, tokens, t, lo, hi, ck, pk, r, cslot, pslot, pfound, contiguous,
               walked, pknown, lazy):
     """Learn the n-grams ending at t; returns (new main keys, new side entries).
 
@@ -209,7 +211,7 @@ def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfo
     x = np.int64(tokens[t])
     unigram[x] += 1
     if lazy:
-        return learn_lazy(tab, side, tokens, t, x, hi, ckr, pkr, cslot, walked)
+        return learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, walked)
     new_main = 0
     new_side = 0
     # ctx roles tokens[t-L..t-1], L in [lo-1, hi-1]
@@ -219,7 +221,7 @@ def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfo
         if contiguous and L >= lo:
             cslot[L] = pslot[L]
         else:
-            s, ins = find_or_insert(tab, ckr[L])
+            s, ins = find_or_insert(tab, ck[r, L])
             new_main += ins
             cslot[L] = s
     # pair roles tokens[t-L+1..t], L in [lo, hi], whose context slot is cslot[L-1].
@@ -228,12 +230,20 @@ def learn_one(tab, side, unigram, tokens, t, lo, hi, ckr, pkr, cslot, pslot, pfo
         if L <= pknown and pfound[L] >= 0:
             ps = pfound[L]
         else:
-            ps, ins = find_or_insert(tab, pkr[L])
+            ps, ins = find_or_insert(tab, pk[r, L])
             new_main += ins
         p, ns = bump_pair(tab, side, ps)
         new_side += ns + bump_ctx(tab, side, cs, p, x)
         pslot[L] = ps
     return new_main, new_side
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(tab, ck, pk, positions, j, start, lo, hi):
+    """Prefetch what position positions[j] will touch (its keys: ring row of j)."""
+    t = positions[j]
+    fresh = j == start or positions[j - 1] + 1 != t
+    prefetch_keys(tab, ck, pk, (j - start) % (2 * BLOCK), t, fresh, lo, hi)
 
 
 @njit(cache=True, nogil=True)
@@ -249,6 +259,12 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     Positions must have been claimed (claim_kernel). Returns (OK, n), or (NEED_ROOM, i):
     stopped before positions[i] because the next block might not fit; grow, call again from i.
     """
+    # views without reference counts: see table.unmanaged (the arguments outlive the call)
+    tab, side, unigram, meta, tokens = unmanaged(tab), unmanaged(side), unmanaged(unigram), unmanaged(meta), \
+        unmanaged(tokens)
+    positions, ck, pk, stat, slots = unmanaged(positions), unmanaged(ck), unmanaged(pk), unmanaged(stat), \
+        unmanaged(slots)
+    out_i, out_f = unmanaged(out_i), unmanaged(out_f)
     n = positions.shape[0]
     lazy = lo == hi  # single order: n-gram entries only for contexts with 2+ continuations
     worst_main = (hi - 1 - max(lo - 1, 1) + 1) + (hi - lo + 1) + (1 if lazy else 0)
@@ -257,24 +273,36 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     pslot = slots[1]
     pfound = slots[2]
     prev_t = np.int64(-2)
+    # keys live in a ring of two blocks (ck, pk: (2 BLOCK, hi + 1)): while block k is
+    # processed, block k + 1's keys already exist, so the slots of the position AHEAD
+    # positions on are prefetched as position i is processed (memory overlaps the work; a
+    # whole block's prefetches at once only queued behind each other)
+    if start < n:
+        segment_keys(tokens, positions, start, min(start + BLOCK, n), 0, lo, hi, ck, pk)
+        for j in range(start, min(start + AHEAD, n)):
+            _prefetch_row(tab, ck, pk, positions, j, start, lo, hi)
     for a in range(start, n, BLOCK):
         b = min(a + BLOCK, n)
         if learn and (meta[0] + worst_main * (b - a) > meta[3] or meta[1] + worst_side * (b - a) > meta[4]):
             return NEED_ROOM, a
-        segment_keys(tab, tokens, positions, a, b, 0, lo, hi, ck, pk, True)
+        base = ((a - start) // BLOCK) % 2 * BLOCK
+        if b < n:
+            segment_keys(tokens, positions, b, min(b + BLOCK, n), BLOCK - base, lo, hi, ck, pk)
         for i in range(a, b):
             t = positions[i]
-            r = i - a
+            r = base + i - a
+            if i + AHEAD < n:
+                _prefetch_row(tab, ck, pk, positions, i + AHEAD, start, lo, hi)
             contiguous = learn and t == prev_t + 1  # pslot holds t-1's n-gram slots
             pknown = 0
             if kind != LEARN:
-                best_L = walk_known(tab, side, ck[r], t, lo, hi, stat, cslot, pslot, contiguous)
+                best_L = walk_known(tab, side, ck, r, t, lo, hi, stat, cslot, pslot, contiguous)
                 if kind == MIX:
                     if best_L > 0:
                         out_i[i] = stat[3, best_L]
                         out_f[i, 0] = stat[0, best_L]
                         out_f[i, 1] = wb_target(tab, side, unigram, meta[2], vocab, np.int64(tokens[t]),
-                                                pk[r], lo, best_L, stat, pfound, lazy)
+                                                pk, r, lo, best_L, stat, pfound, lazy)
                         pknown = best_L + 1
                     else:
                         out_i[i] = -1
@@ -285,7 +313,7 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
                     out_i[i] = h
                     out_f[i, 0] = f
             if learn:
-                nm, ns = learn_one(tab, side, unigram, tokens, t, lo, hi, ck[r], pk[r], cslot, pslot,
+                nm, ns = learn_one(tab, side, unigram, tokens, t, lo, hi, ck, pk, r, cslot, pslot,
                                    pfound, contiguous, kind != LEARN, pknown, lazy)
                 meta[0] += nm
                 meta[1] += ns

@@ -56,8 +56,8 @@ class NgramStore:
         self.tokens = np.zeros(0, np.uint16)
         # scratch of the kernels, allocated once (no per-call allocation): one block's keys
         # (ck contexts, pk n-grams), the learn slot rows, context statistics.
-        self.ck = np.zeros((K.BLOCK, self.hi + 1), np.uint64)
-        self.pk = np.zeros((K.BLOCK, self.hi + 1), np.uint64)
+        self.ck = np.zeros((2 * K.BLOCK, self.hi + 1), np.uint64)
+        self.pk = np.zeros((2 * K.BLOCK, self.hi + 1), np.uint64)
         self.stat = np.zeros((4, self.hi + 1), np.int64)
         self._slots = np.zeros((3, self.hi + 1), np.int64)
         self.reset()
@@ -67,7 +67,7 @@ class NgramStore:
         if cap is None:
             cap = presize_slots(self.tokens.shape[0], self.lo, self.hi, self.max_load)
         self.tab = K.table_zeros(cap, 2)
-        self.side = np.zeros((1024, 3), np.uint64)
+        self.side = K.table_zeros(1024, 3)
         # [main entries, side entries, learned tokens, main limit, side limit]: the kernels
         # keep it current, so a call needs no Python-side bookkeeping.
         self.meta = np.zeros(5, np.int64)
@@ -112,7 +112,7 @@ class NgramStore:
             new_cap = scap
             while self.n_side + worst > self.max_load * new_cap:
                 new_cap = new_cap * 2
-            new = np.zeros((new_cap, 3), np.uint64)
+            new = K.table_zeros(new_cap, 3)
             K.rehash_kernel(self.side, new)
             self.side = new
         self._set_limits()

@@ -29,6 +29,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 U64 = np.uint64
@@ -79,16 +80,25 @@ def home(tab, key):
 
 @njit(cache=True, nogil=True, inline="always")
 def find(tab, key):
-    """Slot holding key, or -1 - (first empty slot) when absent."""
+    """Slot holding key, or -1 - (first empty slot) when absent: linear probing, one 4-slot
+    bucket at a time. Why whole buckets: the four keys are compared at once and the answer
+    picked without a branch (tzcnt and a select), so a probe costs one predictable branch
+    per bucket instead of a data-dependent exit per slot (mispredictions were most of the
+    learn's time with the table in cache). Same slots as probing slot by slot: without
+    deletions no key sits after an empty slot. The capacity is a multiple of 4."""
     s = home(tab, key)
     n = tab.shape[0]
     while True:
-        k = tab[s, 0]
-        if k == key:
-            return s
-        if k == U64(0):
-            return -1 - s
-        s += 1
+        k0, k1, k2, k3 = tab[s, 0], tab[s + 1, 0], tab[s + 2, 0], tab[s + 3, 0]
+        m = U64(k0 == key) | (U64(k1 == key) << U64(1)) | (U64(k2 == key) << U64(2)) | (U64(k3 == key) << U64(3))
+        e = U64(k0 == U64(0)) | (U64(k1 == U64(0)) << U64(1)) | (U64(k2 == U64(0)) << U64(2)) \
+            | (U64(k3 == U64(0)) << U64(3))
+        c = m | e
+        if c != U64(0):
+            i = np.int64(trailing_zeros(c))
+            slot = s + i
+            return slot if (m >> U64(i)) & U64(1) else -1 - slot
+        s += 4
         if s == n:
             s = 0
 
@@ -195,13 +205,10 @@ def get_low(tab, s):
 
 @njit(cache=True, nogil=True, inline="always")
 def prefetch_home(tab, key):
-    """Prefetch the key's bucket line and the next one: an insert at load ~0.5-0.8 runs past
-    its 4-slot bucket a fair share of the time, and that stall (~100 ns) was not hidden."""
-    h = home(tab, key)
-    prefetch_slot(tab, h)
-    h2 = h + 4
-    if h2 < tab.shape[0]:
-        prefetch_slot(tab, h2)
+    """Prefetch the key's bucket (one line). Not the next bucket too: the fill buffers are
+    what runs out, and a second line per key, needed only when the bucket is full, made the
+    pass ~10% slower."""
+    prefetch_slot(tab, home(tab, key))
 
 
 @intrinsic
@@ -223,22 +230,44 @@ def prefetch_slot(typingctx, tab, s):
     return types.void(tab, s), codegen
 
 
+@intrinsic
+def unmanaged(typingctx, arr):
+    """The same array without its reference count (NRT meminfo and parent set to NULL).
+
+    Why: Numba increfs and decrefs an array's meminfo each time a view or an inlined call
+    binds it, and each is a ``lock``-prefixed add on one shared word: a full fence on x86,
+    which drains the store buffer and so stops the prefetched loads of later positions from
+    overlapping. In the hot loop they were half the time. The caller keeps the real arrays
+    alive for the whole call, so the views need no count of their own."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        dst = context.make_array(sig.return_type)(context, builder)
+        for name in ("nitems", "itemsize", "data", "shape", "strides"):
+            setattr(dst, name, getattr(src, name))
+        dst.meminfo = cgutils.get_null_value(dst.meminfo.type)
+        dst.parent = cgutils.get_null_value(dst.parent.type)
+        return dst._getvalue()
+    return arr(arr), codegen
+
+
 @njit(cache=True, nogil=True)
-def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
-    """Keys of positions[a:b] into rows r0.. of ck / pk, then a prefetch of every home slot.
+def segment_keys(tokens, positions, a, b, r0, lo, hi, ck, pk):
+    """Keys of positions[a:b] into rows r0.. of ck / pk (no table access).
 
     ck[r, L] = key of tokens[t-L..t-1] (contexts, L < hi), pk[r, L] = key of tokens[t-L+1..t]
     (n-grams, L <= hi); 0 where the sequence would start before position 0. Why this shape:
     pk of t at length L *is* ck of t+1 at length L, so a run of consecutive positions hashes
-    each suffix once (hi mixes per position, not 2 hi - 1); and the probes that follow hit the
-    cache because all their lines were requested together (misses overlap ~20-fold).
-    pairs=False (the tilt) computes contexts only: it never hashes the target.
+    each suffix once (hi mixes per position, not 2 hi - 1). Row r0 - 1 must hold the keys of
+    positions[a - 1] unless r0 == 0 (then the first row is hashed in full).
     """
     prev = np.int64(-2) if a == 0 or r0 == 0 else positions[a - 1]
     for i in range(a, b):
         r = r0 + i - a
         t = positions[i]
-        if pairs and t == prev + 1:
+        if t == prev + 1:
             for L in range(1, hi):
                 ck[r, L] = pk[r - 1, L]
         else:
@@ -249,11 +278,7 @@ def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
                 else:
                     h = mix(h, tokens[t - L])
                     ck[r, L] = fix_key(h)
-            for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-                prefetch_home(tab, ck[r, L])
         prev = t
-        if not pairs:
-            continue
         h = SEED
         for L in range(1, hi + 1):
             if L - 1 > t:
@@ -261,12 +286,24 @@ def segment_keys(tab, tokens, positions, a, b, r0, lo, hi, ck, pk, pairs):
             else:
                 h = mix(h, tokens[t - L + 1])
                 pk[r, L] = fix_key(h)
-                if L >= lo - 1:  # lo - 1: the next position's shortest context
-                    prefetch_home(tab, pk[r, L])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def prefetch_keys(tab, ck, pk, r, t, fresh, lo, hi):
+    """Prefetch the home buckets of every slot position t (keys in row r) will touch: its
+    contexts when ``fresh`` (else they are the previous position's n-grams, already asked
+    for) and its n-grams from length lo - 1 (the next position's shortest context)."""
+    if fresh:
+        for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
+            prefetch_home(tab, ck[r, L])
+    for L in range(max(lo - 1, 1), min(hi, t + 1) + 1):
+        prefetch_home(tab, pk[r, L])
 
 
 def table_zeros(rows: int, cols: int) -> np.ndarray:
-    """Zeroed uint64 (rows, cols) table whose slot 0 starts a 64-byte cache line (see home)."""
+    """Zeroed uint64 table of at least ``rows`` rows, a multiple of 4 (``find`` reads whole
+    buckets), whose slot 0 starts a 64-byte cache line (see home)."""
+    rows = -(-rows // 4) * 4  # whole 4-slot buckets (find)
     buf = np.zeros(rows * cols + 8, np.uint64)
     off = (-buf.ctypes.data % 64) // 8
     return buf[off:off + rows * cols].reshape(rows, cols)
