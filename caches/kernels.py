@@ -119,12 +119,10 @@ def wb_target(tab, side, unigram, total, vocab, a, pk, r, lo, best_L, stat, pfou
             p = ((stat[2, L] if a == stat[3, L] else 0) + p) / (stat[0, L] + 1)
             continue
         s = find(tab, pk[r, L + 1])
-        c = 0
-        if s >= 0:
-            c, _, _ = get_counts(tab, side, s)
-            pfound[L + 1] = s
-        else:
-            pfound[L + 1] = -1
+        # an absent n-gram reads the empty slot it would take, whose packed word is 0
+        # (count 0): no branch on found / not found
+        c, _, _ = get_counts(tab, side, s ^ (s >> 63))
+        pfound[L + 1] = max(s, -1)
         T = stat[1, L]
         p = (c + T * p) / (stat[0, L] + T)
     return p
