@@ -21,9 +21,11 @@ def test_rescoring_raises_with_position_and_strategy():
         led.record_scores(np.array([2, 3]), np.zeros(2), "twopass")
 
 
-def test_duplicate_within_one_call_raises():
+@pytest.mark.parametrize("positions", [[3, 3], [1, 3, 3, 4], [3, 1, 3], [4, 3, 1, 3]])
+def test_duplicate_within_one_call_raises(positions):
+    # increasing calls take a no-sort path; a repeat must be caught in and out of order
     with pytest.raises(LedgerViolation, match="position 3"):
-        Ledger(6).record_scores(np.array([3, 3]), np.zeros(2), "dup")
+        Ledger(6).record_scores(np.array(positions), np.zeros(len(positions)), "dup")
 
 
 def test_position_zero_is_not_a_target():
