@@ -36,6 +36,34 @@ def _gather(logp: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
     return logp.gather(1, cols[:, None])[:, 0].double().cpu().numpy()
 
 
+def _device_inputs(mixer, logp: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (n,) entropy (zeros when the mixer ignores it) and target log-probs, made on the device."""
+    if getattr(mixer, "needs_entropy", True):
+        entropy = device_entropy(logp).cpu().numpy()  # (n,)
+    else:  # e.g. the records' constant-strength tilt: O(V) work per token saved
+        entropy = np.zeros(logp.shape[0])
+    return entropy, _gather(logp, targets)
+
+
+def _hint_logp(mixer, logp: torch.Tensor, auxes: list) -> np.ndarray | None:
+    hints = [mixer.hint_tokens(aux) for aux in auxes]
+    if not hints or hints[0] is None:
+        return None
+    cols = torch.from_numpy(np.maximum(np.concatenate(hints), 0)).to(logp.device)
+    return _gather(logp, cols)
+
+
+def score_through_table(table, positions: np.ndarray, logp: torch.Tensor,
+                        targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mixed log-probs of the targets (float64 (n,)) from the node's table (evalkit.engine.nodetable),
+    and the int64 (n,) steps of its timeline whose aux they used. The device work comes
+    first; then this waits, if at all, for the owner's pass to reach these positions."""
+    logp = logp.detach()
+    entropy, target_logp = _device_inputs(table, logp, targets)
+    aux, steps = table.read(positions)
+    return table.combine(aux, target_logp, _hint_logp(table, logp, [aux]), entropy), steps
+
+
 def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, targets: torch.Tensor,
                         probe_idx=()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Mixed log-probs of the targets (float64 (n,)) and {position: full (V,) distribution}
@@ -44,11 +72,7 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
         return _score_whole_rows(mixer, positions, logp, probe_idx)
     logp = logp.detach()
     n = positions.shape[0]
-    if getattr(mixer, "needs_entropy", True):
-        entropy = device_entropy(logp).cpu().numpy()  # (n,)
-    else:  # e.g. the records' constant-strength tilt: O(V) work per token saved
-        entropy = np.zeros(n)
-    target_logp = _gather(logp, targets)
+    entropy, target_logp = _device_inputs(mixer, logp, targets)
     auxes, bounds, probes, a = [], [], {}, 0
     for i in sorted(int(i) for i in probe_idx):
         if i > a:
@@ -63,12 +87,7 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
         with Timer(mixer):
             auxes.append(mixer.advance(positions[a:n]))
         bounds.append((a, n))
-    with Timer(mixer):
-        hints = [mixer.hint_tokens(aux) for aux in auxes]
-    hint_logp = None
-    if hints and hints[0] is not None:
-        cols = torch.from_numpy(np.maximum(np.concatenate(hints), 0)).to(logp.device)
-        hint_logp = _gather(logp, cols)
+    hint_logp = _hint_logp(mixer, logp, auxes)
     out = np.empty(n, np.float64)
     with Timer(mixer):
         for aux, (a, b) in zip(auxes, bounds):
