@@ -9,8 +9,9 @@ one a separate `evaluate` would give, number for number (tests/test_ablate_fanou
 Strategies that learn (TTT) change the model between batches; whether they may share a
 pass depends on them, so they get exactly one child here. `evaluate` is left untouched.
 The children's n-gram caches are node tables (evalkit.engine.nodetable): mixers whose aux
-agree (same orders, kind and gate, e.g. a sweep over beta) share one owner pass, so a
-child's `mixer_seconds` is its time in `score` (combining, and waiting for its pass).
+agree (same orders, kind and gate, e.g. a sweep over beta) share one owner pass; a
+child's `mixer_seconds` is its time in `score` without the waits for the pass, plus the
+pass's own time (what the child's cache costs alone).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from evalkit.engine.dist import DistInfo
 from evalkit.engine.context import EvalContext, EvalData
 from evalkit.engine import nodetable
 from evalkit.engine.loop import (Result, make_scorers, mixer_label, reduce_result, run_config, run_timed,
-                                 runs_kernels, warm_up)
+                                 ready, runs_kernels, warm_up)
 from evalkit.engine.ledger import Ledger
 from evalkit.model.gpt import GPT
 
@@ -34,7 +35,7 @@ from evalkit.model.gpt import GPT
 class FanoutRun:
     result: Result
     ledger: Ledger
-    mixer_seconds: float  # wall time inside this child's mixer (score + update)
+    mixer_seconds: float  # this child's n-gram time: its scoring, plus its node table's pass
 
 
 class FanoutContext(EvalContext):
@@ -95,12 +96,15 @@ def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_sp
         flush_notes()  # the inputs passed every check: now the informational lines
         compile_seconds = warm_up(strategy, ctx, model, info.device,
                                   kernels=any(runs_kernels(m, t) for m, t in scorers))
+        ready(info, tables)
         ctx.own_seconds = [0.0] * len(children)  # the warm-up is not the children's scoring time
         shared = run_timed(strategy, ctx, model, info.device, tables) - sum(ctx.own_seconds)
         runs = []
         for spec, child, own in zip(mixer_specs, children, ctx.own_seconds):
             result = reduce_result(child, child.strategy_name, shared + own, run_config(strategy, spec, info))
             result.compile_seconds = compile_seconds
+            if child.table is not None:  # combining here + its pass on the owner's thread
+                own = own - child.table.read_seconds + child.table.host_seconds()
             cached = child.mixer is not None or child.table is not None
             runs.append(FanoutRun(result, child.ledger, own if cached else 0.0))
     finally:

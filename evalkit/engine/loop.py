@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from evalkit.cli import flush_notes
-from evalkit.engine.dist import DistInfo, all_reduce_sum
+from evalkit.engine.dist import DistInfo, all_reduce_sum, barrier
 from evalkit.errors import EvalkitError
 from evalkit.engine.ledger import Ledger, LedgerViolation
 from evalkit.model.gpt import GPT
@@ -236,12 +236,20 @@ def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: s
         ledger = Ledger(data.n_tokens)
         ctx = EvalContext(model, data, ledger, label, info, mixer, progress, table)
         compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=runs_kernels(mixer, table))
+        ready(info, [table])
         seconds = run_timed(strategy, ctx, model, info.device, [table])
         result = reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, info))
     finally:
         nodetable.close([table])
     result.compile_seconds = compile_seconds
     return result, ledger
+
+
+def ready(info: DistInfo, tables: list) -> None:
+    """With node tables, every rank starts its clock once the owners have compiled (or
+    loaded) the kernels: a rank's clock would otherwise count the owner's compile."""
+    if any(t is not None for t in tables):
+        barrier(info)
 
 
 def runs_kernels(mixer, table) -> bool:

@@ -1,8 +1,12 @@
 """The engine side of the mixer protocol (MIXER_PROTOCOL.md): model log-prob rows on the
 device -> mixed target log-probs on the host, with only (n,) arrays crossing.
 
-The cache learns per token in the order the strategy passes positions (its plan order), so
-scores do not depend on how windows are batched. Entropy (float64, from the log-softmax
+Two ways in. `score_through_table`: every run's, the node's one table
+(evalkit.engine.nodetable), whose owner learned the positions in the strategy's learning
+order; this reads their aux and combines. `score_through_mixer`: this process's own mixer,
+learning per token in the order the strategy passes positions (the audit's path: it takes
+probe distributions from the cache's state at the moment). Either way scores do not depend
+on how windows are batched. Entropy (float64, from the log-softmax
 rows), the target's log-prob and the hint's log-prob are computed on the device; whole rows
 reach the host only at the few positions the audit probes. A probe's distribution is taken
 from the cache's state at that moment: everything before it advanced, nothing after.

@@ -158,6 +158,7 @@ class NodePass:
         self.mixer, self.order = mixer, order  # owner only
         self.steps = int(rows.head[2])
         self.seconds = 0.0  # owner: wall time of the pass
+        self.waited = 0.0  # seconds this process's scoring waited for the watermark
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -192,16 +193,18 @@ class NodePass:
             p = int(positions[np.argmax(steps < 0)])
             raise LedgerViolation(f"{self.label}: scored position {p}, which is not in the strategy's "
                                   "learning_order(data): its cache never learns it")
-        self._wait(int(steps.max()) + 1)
+        self.waited += self._wait(int(steps.max()) + 1)
         return Aux(self.tokens[positions].astype(np.int64), self.rows.out_i[positions],
                    self.rows.out_f[positions]), steps
 
-    def _wait(self, need: int) -> None:
-        pause, pid, checked = 5e-5, int(self.rows.head[3]), time.monotonic()
+    def _wait(self, need: int) -> float:
+        """Seconds spent until the watermark reached `need` steps."""
+        pause, pid, t0 = 5e-5, int(self.rows.head[3]), time.monotonic()
+        checked = t0
         while True:
             state, done = self.rows.watermark()
             if done >= need:
-                return
+                return time.monotonic() - t0
             if state == FAILED:
                 if self._error is not None:  # the owner: its pass's own error
                     raise self._error
@@ -262,6 +265,7 @@ class NodeTable:
         self.combiner, self.shared, self.counts_here = combiner, shared, counts_here
         self.name, self.spec = combiner.name, combiner.spec
         self.needs_entropy = combiner.needs_entropy
+        self.waited = self.read_seconds = 0.0
 
     @property
     def owner(self) -> bool:
@@ -272,7 +276,16 @@ class NodeTable:
         return self.shared.memory_bytes()
 
     def read(self, positions: np.ndarray):
-        return self.shared.read(positions)
+        t0, waited = time.perf_counter(), self.shared.waited
+        out = self.shared.read(positions)
+        self.waited += self.shared.waited - waited
+        self.read_seconds += time.perf_counter() - t0
+        return out
+
+    def host_seconds(self) -> float:
+        """This table's n-gram time as if alone: its pass (on the owner) plus reading rows,
+        not the waits for the pass (those are the pass's own time, overlapped)."""
+        return self.shared.seconds + self.read_seconds - self.waited
 
     def hint_tokens(self, aux):
         return self.combiner.hint_tokens(aux)
