@@ -2,13 +2,14 @@
 
 - scores are bitwise the one-process scores; the owner (local rank 0) alone holds a table
   and runs the Numba kernels, the other ranks report 0 table bytes and compiled nothing;
-- no shared-memory name outlives a run, a failed pass, or an owner killed mid-run; the
-  ranks waiting on a failed or dead owner raise instead of hanging;
+- no shared-memory name outlives a run, a failed pass, an owner whose run raised, or an
+  owner killed mid-run; the ranks waiting on it raise instead of hanging;
 - bad input stays one line on every rank;
 - mixers whose aux agree share one pass; the audit's path (its own mixer) scores the same.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import traceback
@@ -48,7 +49,7 @@ def _port() -> int:
 def _worker(rank: int, world: int, port: int, shm: str, mode: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), EVALKIT_SHM_DIR=shm)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=90))
     info = DistInfo(rank, world, torch.device("cpu"))
     got: dict = {}
     try:
@@ -84,6 +85,27 @@ def _worker(rank: int, world: int, port: int, shm: str, mode: str, out: str) -> 
                 run_case("sliding", ["--batch-windows", "2"], TILT, info)
             except (RuntimeError, ValueError) as e:
                 got["error"] = f"{type(e).__name__}: {e}"
+            import time
+
+            def slow(self, positions):  # the pass lasts ~1 s: the owner's run surely ends first
+                time.sleep(0.2)
+                return real(self, positions)
+
+            NgramMixer.advance = slow
+            from evalkit.strategies.sliding import Sliding
+
+            run = Sliding.run
+
+            def raising(self, ctx):  # the owner's own run stops early: its pass stops, the others hear of it
+                if ctx.info.rank == 0:
+                    raise KeyError("owner gave up")
+                return run(self, ctx)
+
+            Sliding.run = raising
+            try:
+                run_case("sliding", ["--batch-windows", "2"], TILT, info)
+            except (RuntimeError, KeyError) as e:
+                got["stopped"] = f"{type(e).__name__}: {e}"
         elif mode == "owner_dies":  # the owner process is killed mid-run: the other ranks raise
             from evalkit.strategies.sliding import Sliding
 
@@ -149,6 +171,8 @@ def test_a_failed_pass_reaches_every_rank_and_leaves_nothing(tmp_path):
     ranks = spawn(tmp_path, 2, "pass_fails")
     assert ranks[0]["error"] == "ValueError: disk on fire"  # the owner re-raises its pass's own error
     assert "the node's n-gram pass failed: ValueError: disk on fire" in ranks[1]["error"]
+    assert ranks[0]["stopped"] == "KeyError: 'owner gave up'"
+    assert "the node's n-gram pass failed: the owner's run ended at step" in ranks[1]["stopped"]
 
 
 def test_an_owner_killed_mid_run_stops_the_others(tmp_path):

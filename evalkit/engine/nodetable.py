@@ -179,6 +179,8 @@ class NodePass:
                 done += chunk.size
                 self.rows.publish(done)
                 k = min(2 * k, MAX_CHUNK)
+            if done < self.steps:  # stopped early (this process's run ended): the ranks still waiting raise
+                self.rows.fail(f"the owner's run ended at step {done} of {self.steps}")
         except BaseException as e:  # reaches every rank through the header, and this one through close()
             self._error = e
             self.rows.fail(f"{type(e).__name__}: {e}")
