@@ -215,3 +215,37 @@ def test_a_plugin_without_learning_order_needs_it_under_torchrun():
 
     with pytest.raises(EvalkitError, match="mine under torchrun: the strategy needs a learning_order"):
         make_scorers(random_model(tiny_config()), phrase_data(), NoOrder(), [TILT], DistInfo(0, 2))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda order: order[:-5], "scored position .*not in the strategy's learning_order"),
+    (lambda order: np.concatenate([order, order[:1]]), "C4 single pass: sliding's learning_order holds position"),
+], ids=["omits", "repeats"])
+def test_a_learning_order_that_is_not_the_scoring_order_is_stopped(change, match):
+    from evalkit.engine.ledger import LedgerViolation
+    from evalkit.strategies.sliding import Sliding
+
+    class Declares(Sliding):
+        def learning_order(self, data):
+            return change(super().learning_order(data))
+
+    with pytest.raises(LedgerViolation, match=match):
+        evaluate(random_model(tiny_config(train_seq_len=32)), phrase_data(),
+                 Declares(opts_for(["--seq-len", "32", "--stride", "8"])), DistInfo(), TILT, progress=False)
+
+
+def test_a_cache_that_learns_a_position_nobody_scores_is_stopped():
+    # the learning order holds every target, the run skips the last window: the cache
+    # learned tokens that were never scored (and could have shaped later scores)
+    from evalkit.engine.ledger import LedgerViolation
+    from evalkit.strategies.sliding import Sliding, run_windows
+
+    class Skips(Sliding):
+        def run(self, ctx):
+            ctx.model.set_context_len(self.opts.seq_len)
+            run_windows(ctx, self.plan(ctx.data)[:-1], 4)
+
+    with pytest.raises(LedgerViolation, match="C3 score before update: sliding\\+tilt's cache learned position \\d+ "
+                                              "\\(step \\d+ of its learning order\\), which no rank scored"):
+        evaluate(random_model(tiny_config(train_seq_len=32)), phrase_data(),
+                 Skips(opts_for(["--seq-len", "32", "--stride", "8"])), DistInfo(), TILT, progress=False)
