@@ -103,16 +103,17 @@ class EvalContext:
         if positions.size == 0:
             return np.zeros(0)
         self.ledger.check_unlearned(positions, self.strategy_name)
+        node = self.table is not None and self.mixer is None
+        steps = self.table.steps_of(positions) if node else None  # where the node's cache learns them: known now
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         cap = probes.active()  # the audit's request, invisible to the strategy
         probe = np.flatnonzero(cap.wanted(positions)) if cap is not None else np.zeros(0, np.int64)
-        steps = None
         if self.mixer is not None:
             target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
-        elif self.table is not None:
+        elif node:
             if probe.size:  # the engine builds no table while the audit captures (loop.make_scorers)
                 raise RuntimeError("probes need this process's own mixer, not the node's table")
-            target_logp, steps = score_through_table(self.table, positions, logp, targets)
+            target_logp = score_through_table(self.table, positions, steps, logp, targets)
             dists = {}
         else:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
@@ -126,7 +127,7 @@ class EvalContext:
         self.ledger.record_scores(positions, nll, self.strategy_name)
         if self.mixer is not None:  # the cache learned these positions once their scores were known
             self.ledger.check_learn(positions, self.strategy_name, cache=True)
-        elif steps is not None:  # the node's cache learned them at these steps of its timeline
+        elif node:  # the node's cache learned them at these steps of its one timeline
             self.ledger.record_node_steps(positions, steps, self.strategy_name)
         if cap is not None:
             cap.after_scores(positions, self.ledger)  # may stop an audit re-run (probes.AuditStop)

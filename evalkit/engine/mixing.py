@@ -57,15 +57,15 @@ def _hint_logp(mixer, logp: torch.Tensor, auxes: list) -> np.ndarray | None:
     return _gather(logp, cols)
 
 
-def score_through_table(table, positions: np.ndarray, logp: torch.Tensor,
-                        targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def score_through_table(table, positions: np.ndarray, steps: np.ndarray, logp: torch.Tensor,
+                        targets: torch.Tensor) -> np.ndarray:
     """Mixed log-probs of the targets (float64 (n,)) from the node's table (evalkit.engine.nodetable),
-    and the int64 (n,) steps of its timeline whose aux they used. The device work comes
-    first; then this waits, if at all, for the owner's pass to reach these positions."""
+    whose owner learns `positions` at `steps` of its timeline (`table.steps_of`). The device
+    work comes first; then this waits, if at all, for the owner's pass to reach them."""
     logp = logp.detach()
     entropy, target_logp = _device_inputs(table, logp, targets)
-    aux, steps = table.read(positions)
-    return table.combine(aux, target_logp, _hint_logp(table, logp, [aux]), entropy), steps
+    aux = table.read(positions, steps)
+    return table.combine(aux, target_logp, _hint_logp(table, logp, [aux]), entropy)
 
 
 def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, targets: torch.Tensor,

@@ -187,18 +187,22 @@ class NodePass:
         self.seconds = time.perf_counter() - t0
         self.order = None  # (M,) int64: 0.5 GB at 62M tokens, not needed any more
 
-    def read(self, positions: np.ndarray):
-        """(Aux of `positions`, their int64 steps), once the owner's watermark passed them."""
-        from caches.mixer import Aux  # caches knows no torch; import on demand
-
+    def steps_of(self, positions: np.ndarray) -> np.ndarray:
+        """int64 (n,) step of the owner's timeline at which each position is learned (known
+        from the start: no wait); raises for a position outside the learning order."""
         steps = self.rows.step[positions]
         if (steps < 0).any():
             p = int(positions[np.argmax(steps < 0)])
             raise LedgerViolation(f"{self.label}: scored position {p}, which is not in the strategy's "
                                   "learning_order(data): its cache never learns it")
+        return steps
+
+    def read(self, positions: np.ndarray, steps: np.ndarray):
+        """Aux of `positions` (at `steps`), once the owner's watermark has passed them."""
+        from caches.mixer import Aux  # caches knows no torch; import on demand
+
         self.waited += self._wait(int(steps.max()) + 1)
-        return Aux(self.tokens[positions].astype(np.int64), self.rows.out_i[positions],
-                   self.rows.out_f[positions]), steps
+        return Aux(self.tokens[positions].astype(np.int64), self.rows.out_i[positions], self.rows.out_f[positions])
 
     def _wait(self, need: int) -> float:
         """Seconds spent until the watermark reached `need` steps."""
@@ -278,9 +282,12 @@ class NodeTable:
         """Bytes of this process's n-gram table: the owner's, 0 on the other ranks."""
         return self.shared.memory_bytes()
 
-    def read(self, positions: np.ndarray):
+    def steps_of(self, positions: np.ndarray) -> np.ndarray:
+        return self.shared.steps_of(positions)
+
+    def read(self, positions: np.ndarray, steps: np.ndarray):
         t0, waited = time.perf_counter(), self.shared.waited
-        out = self.shared.read(positions)
+        out = self.shared.read(positions, steps)
         self.waited += self.shared.waited - waited
         self.read_seconds += time.perf_counter() - t0
         return out
