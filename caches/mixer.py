@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import CacheSpecError
 from .predictors import NormalizedTilt, WittenBellMixture
-from .store import NgramStore
+from .store import MAX_VOCAB, NgramStore
 
 _COMMON = {
     "orders": "orders=A-B with 2 <= A <= B <= 16 (e.g. orders=2-11)",
@@ -108,32 +108,24 @@ class Aux:
     out_f: np.ndarray  # float64 (n, 2)
 
 
-class NgramMixer:
-    """Score-first n-gram cache mixed into the model distribution (kind 'mix' or 'tilt')."""
+class NgramCombiner:
+    """The pure half of a mixer: the spec, ``hint_tokens`` and ``combine``, no table. A
+    process that only reads another's aux (evalkit's node table) holds this, not a store."""
 
     def __init__(self, vocab_size: int, spec: str) -> None:
         kind, vals = _parse(spec)
         preset = vals.pop("preset", None)
         self.name: str = kind + (f"[{preset}]" if preset else "")
-        self.spec = spec
-        lo, hi = vals.pop("orders", (2, 11))
-        cap = vals.pop("cap", None)  # None: sized from the stream at bind (see store)
-        load = vals.pop("load", 0.8)
-        try:
-            self.store = NgramStore(vocab_size, lo, hi, capacity=cap, max_load=load)
-        except ValueError as e:
-            raise CacheSpecError(f"--ngram {spec!r}: {e}") from None
+        self.spec, self.vocab_size = spec, int(vocab_size)
+        if not 2 <= self.vocab_size <= MAX_VOCAB:
+            raise CacheSpecError(f"--ngram {spec!r}: vocab_size {vocab_size}: the n-gram store supports 2..{MAX_VOCAB}")
+        self.orders = vals.pop("orders", (2, 11))
+        self._table_opts = {"capacity": vals.pop("cap", None), "max_load": vals.pop("load", 0.8)}
         if kind == "mix":
             self.predictor = WittenBellMixture(**vals)
         else:
             vals["const"] = vals.pop("scale", "const") == "const"
             self.predictor = NormalizedTilt(**vals)
-        self._counts = np.zeros(3, np.int64)  # positions advanced, acted, hint right
-
-    def bind(self, tokens: np.ndarray) -> None:
-        """Bind the whole evaluation stream (uint16 or int64); starts from an empty cache."""
-        self.store.bind(tokens)
-        self._counts[:] = 0
 
     @property
     def needs_entropy(self) -> bool:
@@ -145,12 +137,11 @@ class NgramMixer:
         p = self.predictor
         return (p.gate, p.const) if isinstance(p, NormalizedTilt) else (0.0, False)
 
-    def advance(self, positions: np.ndarray) -> Aux:
-        """Per position in order: what scoring it needs from the current state, then learn it."""
-        out_i, out_f = self.store.run(positions, self.predictor.kind, *self._gate())
-        targets = self.store.tokens[positions].astype(np.int64)
-        self._counts += (out_i.shape[0], int((out_i >= 0).sum()), int((out_i == targets).sum()))
-        return Aux(targets, out_i, out_f)
+    @property
+    def aux_key(self) -> tuple:
+        """What ``advance``'s output depends on besides the stream: combiners with equal keys
+        can share one pass (an ablation over beta, wmax, h0, ...)."""
+        return (self.vocab_size, *self.orders, self.predictor.kind, *self._gate())
 
     def hint_tokens(self, aux: Aux) -> np.ndarray | None:
         """The tilt's hint per position (-1: none); None for the mixture (it needs no hint)."""
@@ -165,6 +156,30 @@ class NgramMixer:
             hl = np.where(aux.out_i >= 0, np.asarray(hint_logp, np.float64), 0.0)
             return self.predictor.combine(aux.out_i, aux.out_f, tl, hl, ent, aux.targets)
         return self.predictor.combine(aux.out_i, aux.out_f, tl, None, ent)
+
+
+class NgramMixer(NgramCombiner):
+    """Score-first n-gram cache mixed into the model distribution (kind 'mix' or 'tilt')."""
+
+    def __init__(self, vocab_size: int, spec: str) -> None:
+        super().__init__(vocab_size, spec)
+        try:
+            self.store = NgramStore(vocab_size, *self.orders, **self._table_opts)
+        except ValueError as e:
+            raise CacheSpecError(f"--ngram {spec!r}: {e}") from None
+        self._counts = np.zeros(3, np.int64)  # positions advanced, acted, hint right
+
+    def bind(self, tokens: np.ndarray) -> None:
+        """Bind the whole evaluation stream (uint16 or int64); starts from an empty cache."""
+        self.store.bind(tokens)
+        self._counts[:] = 0
+
+    def advance(self, positions: np.ndarray) -> Aux:
+        """Per position in order: what scoring it needs from the current state, then learn it."""
+        out_i, out_f = self.store.run(positions, self.predictor.kind, *self._gate())
+        targets = self.store.tokens[positions].astype(np.int64)
+        self._counts += (out_i.shape[0], int((out_i >= 0).sum()), int((out_i == targets).sum()))
+        return Aux(targets, out_i, out_f)
 
     def learn(self, positions: np.ndarray) -> None:
         """Learn only (positions scored elsewhere), in the given order; each position once."""
@@ -202,3 +217,9 @@ class NgramMixer:
 def parse_ngram_spec(vocab_size: int, spec: str) -> NgramMixer:
     """Build the mixer for an ``--ngram`` spec ("mix:...", "tilt:..." or "tilt:preset=records")."""
     return NgramMixer(vocab_size, spec)
+
+
+def parse_ngram_combiner(vocab_size: int, spec: str) -> NgramCombiner:
+    """The table-less half of ``parse_ngram_spec`` (same checks, same errors): for a process
+    that combines aux another process computed."""
+    return NgramCombiner(vocab_size, spec)

@@ -39,7 +39,7 @@ def test_two_processes_equal_one(tmp_path, tiny_artifact, extra):
     one = run_score(tiny_artifact, tmp_path / "one.json", 1, *extra)
     two = run_score(tiny_artifact, tmp_path / "two.json", 2, *extra)
     for a, b in zip(one, two):
-        # every rank's cache replays the other's positions in plan order: same numbers
+        # the node's one cache learns in plan order, whichever rank scores: same numbers
         assert a["val_bpb"] == pytest.approx(b["val_bpb"], rel=1e-12), (a, b)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-12)
         assert (a["tokens"], a["bytes"], a["coverage"]) == (b["tokens"], b["bytes"], b["coverage"])

@@ -1,8 +1,8 @@
 """One artifact, one strategy, one number.
 
 - Per-position NLLs are bitwise identical for --batch-windows 1, 4, 16, 64 and for 1, 2
-  and 4 gloo processes, for every built-in strategy, mixer and composition (an n-gram
-  cache learns in the plan's order; every rank replays what other ranks score).
+  and 4 gloo processes, for every built-in strategy, mixer and composition (the node's
+  one n-gram cache learns in the plan's order, whichever rank scores a position).
 - A window's logits are bitwise the same alone, right-padded and batched with others,
   with every position-dependent feature on (RoPE from configured lengths).
 - Every ordered pair of strategies runs in one process on one model and gives the
@@ -163,21 +163,20 @@ def test_tables_made_while_scoring_are_safe_for_backward():
     assert model.blocks[0].attn.c_q.weight.grad is not None
 
 
-def test_a_cache_that_replays_ahead_is_stopped():
-    # a strategy whose cache "replays" the next batch before scoring this one would score
-    # from a state that already holds those tokens; the ledger stops it at that score
+def test_a_cache_that_learns_ahead_is_stopped():
+    # a strategy whose learning order puts the next batch before this one gets aux for this
+    # batch from a state that already holds the next batch's tokens, scored only later:
+    # the ledger stops it where the later batch is scored
     from evalkit.engine.ledger import LedgerViolation
-    from evalkit.strategies.sliding import Sliding, batch_log_probs, scored_positions
+    from evalkit.strategies.sliding import Sliding, scored_positions
 
     class Ahead(Sliding):
-        def run(self, ctx):
-            windows = self.plan(ctx.data)
-            with torch.inference_mode():
-                for i in range(0, len(windows), 4):
-                    ctx.learn_elsewhere(scored_positions(windows[i + 4:i + 8]))
-                    ctx.score(*batch_log_probs(ctx, windows[i:i + 4]))
+        def learning_order(self, data):
+            windows = self.plan(data)
+            pairs = [windows[i + 4:i + 8] + windows[i:i + 4] for i in range(0, len(windows), 8)]
+            return scored_positions([w for pair in pairs for w in pair])
 
-    opts = opts_for(["--seq-len", "32", "--stride", "8"])
+    opts = opts_for(["--seq-len", "32", "--stride", "8", "--batch-windows", "4"])
     with pytest.raises(LedgerViolation, match="C3 score before update: sliding\\+mix scored position"):
         evaluate(random_model(tiny_config(train_seq_len=32)), phrase_data(), Ahead(opts), DistInfo(), MIX,
                  progress=False)

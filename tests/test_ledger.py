@@ -51,26 +51,25 @@ def test_learning_calls_are_events_between_score_calls():
     assert not hasattr(led, "probe_positions")  # nothing in the ledger says the run is audited
 
 
-def test_cache_replays_are_checked():
-    # rank 0 of 2: scores 1..3, its cache replays 4..6 (scored by rank 1), in plan order
-    led = Ledger(8)
-    led.record_scores(np.arange(1, 4), np.zeros(3), "s+mix")
-    led.check_learn(np.arange(1, 4), "s+mix", cache=True)
-    led.record_replay(np.arange(4, 7), "s+mix")
-    assert led.cache_seq[1:7].tolist() == [0, 1, 2, 3, 4, 5] and led.replayed[4:7].all()
-    with pytest.raises(LedgerViolation, match="cache learned position 5 twice"):
-        led.record_replay(np.array([5]), "s+mix")
-    with pytest.raises(LedgerViolation, match="replayed position 2 .* but this rank scored it"):
-        led.record_replay(np.array([2]), "s+mix")
-    # a replayed position is never scored here afterwards: learning it came first
-    with pytest.raises(LedgerViolation, match="C3.*scored position 4 after its cache had learned it"):
-        led.record_scores(np.array([4]), np.zeros(1), "s+mix")
-    counts = np.array([0, 1, 1, 1, 1, 1, 0, 0])  # summed over ranks: nobody scored 6
-    with pytest.raises(LedgerViolation, match="C3.*learned position 6, which no rank scored"):
-        led.check_replays(counts, led.cache_seq, led.cache_seq, "s+mix")
-    counts[6] = 1
-    led.check_replays(counts, led.cache_seq, led.cache_seq, "s+mix")
-    other = led.cache_seq.copy()
-    other[[3, 4]] = other[[4, 3]]  # another rank learned 3 and 4 the other way round
-    with pytest.raises(LedgerViolation, match="C3.*learned position 3 at different points"):
-        led.check_replays(counts, np.minimum(led.cache_seq, other), np.maximum(led.cache_seq, other), "s+mix")
+def test_node_timeline_is_checked():
+    # the node's one cache learns 1..7 in the order 1, 2, 3, 4, 5, 6, 7 (steps 0..6);
+    # rank 0 of 2 scores 1..3 and 6, rank 1 scores 4, 5 (and 7, which is left unscored here)
+    step_of = np.array([-1, 0, 1, 2, 3, 4, 5, 6])
+    r0, r1 = Ledger(8), Ledger(8)
+    r0.record_scores(np.arange(1, 4), np.zeros(3), "s+mix")
+    r0.record_node_steps(np.arange(1, 4), step_of[1:4], "s+mix")
+    r1.record_scores(np.array([4, 5]), np.zeros(2), "s+mix")
+    r1.record_node_steps(np.array([4, 5]), step_of[4:6], "s+mix")
+    r0.record_scores(np.array([6]), np.zeros(1), "s+mix")
+    r0.record_node_steps(np.array([6]), step_of[6:7], "s+mix")
+    assert r0.cache_seq[1:7].tolist() == [0, 1, 2, -1, -1, 5]
+    # a rank reaching back before a step it already scored from: C3 (its earlier score saw this token)
+    late = Ledger(8)
+    late.record_scores(np.array([3]), np.zeros(1), "s+mix")
+    late.record_node_steps(np.array([3]), step_of[3:4], "s+mix")
+    with pytest.raises(LedgerViolation, match="C3.*scored position 2 after its cache had learned it"):
+        late.record_node_steps(np.array([2]), step_of[2:3], "s+mix")
+    merged = np.maximum(r0.cache_seq, r1.cache_seq)
+    with pytest.raises(LedgerViolation, match="C3.*learned position 7 .*step 6.*which no rank scored"):
+        Ledger.check_node_timeline(merged, 7, step_of, "s+mix")
+    Ledger.check_node_timeline(merged, 6, step_of, "s+mix")  # a timeline of steps 0..5 was all scored

@@ -1,9 +1,11 @@
 """What a strategy sees: the split (`EvalData`) and its one door to the ledger (`EvalContext`).
 
-`EvalContext.score` fixes scores (model log-probs -> optional n-gram mixer, which learns each
-position right after scoring it -> ledger); `learn_elsewhere` lets the cache learn what other
-ranks score, and `after_scoring` / `tokens_for_learning` are the other ways state may learn
-from a token, so every built-in is score-first by construction and the audit can check it.
+`EvalContext.score` fixes scores (model log-probs -> optional n-gram cache -> ledger): the
+node's one table (`table`, evalkit.engine.nodetable: its owner learns every position in the
+strategy's learning order, right after computing what that position's score needs), or this
+process's own `mixer` (the audit's path, learning each position right after scoring it);
+`after_scoring` / `tokens_for_learning` are the other ways state may learn from a token, so
+every built-in is score-first by construction and the audit can check it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tqdm import tqdm
 from evalkit.engine import probes
 from evalkit.engine.dist import DistInfo
 from evalkit.engine.ledger import Ledger
-from evalkit.engine.mixing import score_through_mixer
+from evalkit.engine.mixing import score_through_mixer, score_through_table
 from evalkit.model.gpt import GPT
 
 
@@ -52,9 +54,9 @@ class EvalContext:
     through `score` (fix scores) and `after_scoring` / `tokens_for_learning` (learn)."""
 
     def __init__(self, model: GPT, data: EvalData, ledger: Ledger, strategy_name: str, info: DistInfo,
-                 mixer=None, progress: bool = True):
+                 mixer=None, progress: bool = True, table=None):
         self.model, self.data, self.ledger, self.info = model, data, ledger, info
-        self.strategy_name, self.mixer = strategy_name, mixer
+        self.strategy_name, self.mixer, self.table = strategy_name, mixer, table
         self.device = info.device
         self.show_progress = progress and info.is_main
 
@@ -94,20 +96,28 @@ class EvalContext:
     # -- the two doors to the ledger ------------------------------------------------------
     def score(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
         """Fix the scores of `positions` from the model's (n, V) log-probs at them, through
-        the mixer if any (which learns each position right after computing its score, in the
-        order given: evalkit/engine/mixing.py). Returns the float64 (n,) NLLs in nats."""
+        the node's table or this process's mixer if any (a cache learns each position right
+        after computing what its score needs: evalkit/engine/mixing.py). Returns the float64
+        (n,) NLLs in nats."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return np.zeros(0)
         self.ledger.check_unlearned(positions, self.strategy_name)
+        node = self.table is not None and self.mixer is None
+        steps = self.table.steps_of(positions) if node else None  # where the node's cache learns them: known now
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         cap = probes.active()  # the audit's request, invisible to the strategy
         probe = np.flatnonzero(cap.wanted(positions)) if cap is not None else np.zeros(0, np.int64)
-        if self.mixer is None:
+        if self.mixer is not None:
+            target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
+        elif node:
+            if probe.size:  # the engine builds no table while the audit captures (loop.make_scorers)
+                raise RuntimeError("probes need this process's own mixer, not the node's table")
+            target_logp = score_through_table(self.table, positions, steps, logp, targets)
+            dists = {}
+        else:
             target_logp = logp.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
             dists = {int(positions[i]): probes.probe_rows(logp[i:i + 1])[0] for i in probe}
-        else:
-            target_logp, dists = score_through_mixer(self.mixer, positions, logp, targets, probe)
         if cap is not None:
             for i in probe:
                 p = int(positions[i])
@@ -117,28 +127,17 @@ class EvalContext:
         self.ledger.record_scores(positions, nll, self.strategy_name)
         if self.mixer is not None:  # the cache learned these positions once their scores were known
             self.ledger.check_learn(positions, self.strategy_name, cache=True)
+        elif node:  # the node's cache learned them at these steps of its one timeline
+            self.ledger.record_node_steps(positions, steps, self.strategy_name)
         if cap is not None:
             cap.after_scores(positions, self.ledger)  # may stop an audit re-run (probes.AuditStop)
         return nll
 
     def after_scoring(self, positions: np.ndarray) -> None:
-        """Door for state other than the n-gram cache, which learns in `score` (and, from the
-        positions other ranks score, in `learn_elsewhere`): the built-ins keep none, and a
-        plugin's own state learns here, from `positions` it scored."""
+        """Door for state other than the n-gram cache, which learns on its own timeline (see
+        `score`): the built-ins keep none, and a plugin's own state learns here, from
+        `positions` it scored."""
         self.ledger.check_learn(np.asarray(positions, dtype=np.int64), self.strategy_name)
-
-    def learn_elsewhere(self, positions: np.ndarray) -> None:
-        """Positions another rank scores, in the plan's order: this rank's cache learns them
-        exactly where a one-process run would, so every rank's cache walks the same
-        timeline and per-rank scores equal the one-process scores (no collective needed:
-        the plan, not the other rank, says which positions these are)."""
-        if self.mixer is None:
-            return
-        positions = np.asarray(positions, dtype=np.int64)
-        self.ledger.record_replay(positions, self.strategy_name)
-        if positions.size:
-            with probes.Timer(self.mixer):
-                (self.mixer.learn if hasattr(self.mixer, "learn") else self.mixer.update)(positions)
 
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at `positions` for a learning step (TTT); raises unless all scored."""

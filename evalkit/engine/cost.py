@@ -4,7 +4,8 @@ A projection, not a measurement: model time comes from FLOPs (evalkit.model's es
 counting every virtual layer of depth recurrence) at an assumed utilization, for every
 pass the strategy makes (sliding recomputation, TTT chunk windows, training steps, global
 phases) from the real per-document lengths of the split; non-model time (n-gram mixers)
-comes from the measured seconds, scaled to the full split and divided over 8 ranks.
+comes from the measured seconds, scaled to the full split: the node's one n-gram pass
+(evalkit.engine.nodetable) covers the whole split on one host thread.
 `projected_8xh100_seconds` is the one cost function: ablate and the audit call it.
 """
 from __future__ import annotations
@@ -103,9 +104,9 @@ def projected_8xh100_seconds(cfg: GPTConfig, strategy_config: dict, scored_token
             / (8 x 989e12 x utilization), context = seq_len / 2 (the mean causal span);
             passes from the strategy's config and `doc_tokens` (model_passes), or measured
             (`passes`, as the audit counts them for a plugin), whichever is larger;
-    mixer = measured mixer seconds x split_tokens / scored_tokens / 8 (each rank scores
-            an eighth; its cache also replays the other ranks' seven eighths, learning
-            only, which is cheaper than scoring and not counted)."""
+    mixer = measured mixer seconds x split_tokens / scored_tokens (one pass per node over
+            the whole split, on one host thread: not divided over the ranks; it runs
+            beside the model, but is added, not overlapped: an upper bound)."""
     if not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], got {utilization}")
     if split_tokens is None:  # the full split of this vocabulary (sp8192's is 35% shorter)
@@ -116,5 +117,5 @@ def projected_8xh100_seconds(cfg: GPTConfig, strategy_config: dict, scored_token
         forward, train = max(forward, passes[0]), max(train, passes[1])
     flops = forward_flops(cfg, split_tokens, seq_len / 2) * (forward + train)
     model_s = gpu_seconds(flops, utilization)
-    mixer_s = mixer_seconds * split_tokens / max(scored_tokens, 1) / RANKS
+    mixer_s = mixer_seconds * split_tokens / max(scored_tokens, 1)
     return model_s + mixer_s

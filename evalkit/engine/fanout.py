@@ -8,6 +8,10 @@ one a separate `evaluate` would give, number for number (tests/test_ablate_fanou
 
 Strategies that learn (TTT) change the model between batches; whether they may share a
 pass depends on them, so they get exactly one child here. `evaluate` is left untouched.
+The children's n-gram caches are node tables (evalkit.engine.nodetable): mixers whose aux
+agree (same orders, kind and gate, e.g. a sweep over beta) share one owner pass; a
+child's `mixer_seconds` is its time in `score` without the waits for the pass, plus the
+pass's own time (what the child's cache costs alone).
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import torch
 from evalkit.cli import flush_notes
 from evalkit.engine.dist import DistInfo
 from evalkit.engine.context import EvalContext, EvalData
-from evalkit.engine.loop import Result, make_mixer, mixer_label, reduce_result, run_config, run_timed, warm_up
+from evalkit.engine import nodetable
+from evalkit.engine.loop import (Result, make_scorers, mixer_label, reduce_result, run_config, run_timed,
+                                 ready, runs_kernels, warm_up)
 from evalkit.engine.ledger import Ledger
 from evalkit.model.gpt import GPT
 
@@ -29,7 +35,7 @@ from evalkit.model.gpt import GPT
 class FanoutRun:
     result: Result
     ledger: Ledger
-    mixer_seconds: float  # wall time inside this child's mixer (score + update)
+    mixer_seconds: float  # this child's n-gram time: its scoring, plus its node table's pass
 
 
 class FanoutContext(EvalContext):
@@ -57,9 +63,6 @@ class FanoutContext(EvalContext):
     def after_scoring(self, positions: np.ndarray) -> None:
         self._each("after_scoring", positions)
 
-    def learn_elsewhere(self, positions: np.ndarray) -> None:
-        self._each("learn_elsewhere", positions)
-
     def tokens_for_learning(self, positions: np.ndarray) -> np.ndarray:
         for child in self.children:
             child.ledger.check_learn(np.asarray(positions, dtype=np.int64), child.strategy_name)
@@ -82,19 +85,28 @@ def evaluate_many(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_sp
     if len(mixer_specs) > 1 and not getattr(strategy, "fixed_model", False):
         raise ValueError(f"strategy {strategy.name!r} may change the model while it runs; "
                          "run it once per mixer")
-    children = []
-    for spec in mixer_specs:
-        mixer = make_mixer(model, data, spec)
-        label = mixer_label(strategy, mixer)
-        children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, progress=False))
-    ctx = FanoutContext(children, progress)
-    flush_notes()  # the inputs passed every check: now the informational lines
-    compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=any(c.mixer is not None for c in children))
-    ctx.own_seconds = [0.0] * len(children)  # the warm-up is not the children's scoring time
-    shared = run_timed(strategy, ctx, model, info.device) - sum(ctx.own_seconds)
-    runs = []
-    for spec, child, own in zip(mixer_specs, children, ctx.own_seconds):
-        result = reduce_result(child, child.strategy_name, shared + own, run_config(strategy, spec, info))
-        result.compile_seconds = compile_seconds
-        runs.append(FanoutRun(result, child.ledger, own if child.mixer is not None else 0.0))
+    scorers = make_scorers(model, data, strategy, mixer_specs, info)  # specs with equal aux share one pass
+    tables = [table for _, table in scorers]
+    try:
+        children = []
+        for mixer, table in scorers:
+            label = mixer_label(strategy, mixer or table)
+            children.append(EvalContext(model, data, Ledger(data.n_tokens), label, info, mixer, False, table))
+        ctx = FanoutContext(children, progress)
+        flush_notes()  # the inputs passed every check: now the informational lines
+        compile_seconds = warm_up(strategy, ctx, model, info.device,
+                                  kernels=any(runs_kernels(m, t) for m, t in scorers))
+        ready(info, tables)
+        ctx.own_seconds = [0.0] * len(children)  # the warm-up is not the children's scoring time
+        shared = run_timed(strategy, ctx, model, info.device, tables) - sum(ctx.own_seconds)
+        runs = []
+        for spec, child, own in zip(mixer_specs, children, ctx.own_seconds):
+            result = reduce_result(child, child.strategy_name, shared + own, run_config(strategy, spec, info))
+            result.compile_seconds = compile_seconds
+            if child.table is not None:  # combining here + its pass on the owner's thread
+                own = own - child.table.read_seconds + child.table.host_seconds()
+            cached = child.mixer is not None or child.table is not None
+            runs.append(FanoutRun(result, child.ledger, own if cached else 0.0))
+    finally:
+        nodetable.close(tables)
     return runs

@@ -37,15 +37,17 @@ class Ledger:
     score_event: np.ndarray = field(init=False)  # int64 (N,) call (score or learn) that scored it, -1 unscored
     score_order: np.ndarray = field(init=False)  # int64 (N,) rank in the order positions were passed, -1 unscored
     learn_count: np.ndarray = field(init=False)  # int32 (N,) learning reads per position
-    # The n-gram cache's own timeline: when this rank's cache learned each position (-1 never),
-    # and which of those another rank scored (replayed in plan order, see `record_replay`).
+    # The n-gram cache's timeline: the step at which the cache that scored each position here
+    # learned it, right after computing that score's aux (-1: not scored through a cache). A
+    # rank's own cache (`check_learn(cache=True)`) or the node's one table, whose single
+    # timeline is the strategy's learning order (`record_node_steps`, evalkit.engine.nodetable).
     cache_seq: np.ndarray = field(init=False)  # int64 (N,)
-    replayed: np.ndarray = field(init=False)  # bool (N,)
     learn_events: list[int] = field(default_factory=list)  # call number of each learning read (check_learn)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
     _calls: int = 0  # score and learn calls so far, in the order they happened
     _scored: int = 0  # positions scored so far
     _cache_events: int = 0
+    _cache_last: int = -1  # the latest timeline step this rank scored from
 
     def __post_init__(self) -> None:
         n = self.n_tokens
@@ -55,7 +57,6 @@ class Ledger:
         self.score_order = np.full(n, -1, dtype=np.int64)
         self.learn_count = np.zeros(n, dtype=np.int32)
         self.cache_seq = np.full(n, -1, dtype=np.int64)
-        self.replayed = np.zeros(n, dtype=bool)
 
     def record_scores(self, positions: np.ndarray, nll: np.ndarray, strategy: str) -> None:
         """Fix the scores of `positions` (int64, no repeats). Raises on position 0, out-of-range
@@ -102,18 +103,23 @@ class Ledger:
         if cache:
             self._cache_learned(positions, strategy)
 
-    def record_replay(self, positions: np.ndarray, strategy: str) -> None:
-        """This rank's cache learned `positions`, which another rank scores (plan order).
-        They cannot be checked here; `check_replays` checks them once every rank is done."""
-        positions = np.asarray(positions, dtype=np.int64)
+    def record_node_steps(self, positions: np.ndarray, steps: np.ndarray, strategy: str) -> None:
+        """This rank scored `positions` from aux the node's one cache computed at `steps` of
+        its timeline, each just before learning that position (the kernel's order). The
+        rank must score in that timeline's order: a call may not reach back before a step
+        this rank already scored from, or that earlier score came from a state holding a
+        position scored only now. With every step scored by some rank (loop.py checks it
+        when all are done), the timeline is then a one-process run, score before learn."""
+        positions, steps = np.asarray(positions, dtype=np.int64), np.asarray(steps, dtype=np.int64)
         if positions.size == 0:
             return
-        here = positions[self.score_count[positions] > 0]
-        if here.size:
-            raise LedgerViolation(f"{strategy}: replayed position {int(here[0])} as scored elsewhere, but this "
-                                  "rank scored it")
-        self.replayed[positions] = True
-        self._cache_learned(positions, strategy)
+        if int(steps.min()) <= self._cache_last:
+            i = int(np.argmin(steps))
+            raise LedgerViolation(f"C3 score before update: {strategy} scored position {int(positions[i])} after its "
+                                  f"cache had learned it: the cache's timeline learned it (step {int(steps[i])}) "
+                                  f"before a position this rank scored earlier (step {self._cache_last})")
+        self.cache_seq[positions] = steps
+        self._cache_last = int(steps.max())
 
     def _cache_learned(self, positions: np.ndarray, strategy: str) -> None:
         again = np.concatenate([positions[self.cache_seq[positions] >= 0], _repeats(positions)])
@@ -127,22 +133,20 @@ class Ledger:
         ('random' is the only legal source of warm-up tokens)."""
         self.warmups.append({"strategy": strategy, "source": source, "tokens": int(tokens)})
 
-    def check_replays(self, counts: np.ndarray, seq_min: np.ndarray, seq_max: np.ndarray, strategy: str) -> None:
-        """C3 across ranks, given every rank's score counts (summed) and cache timelines
-        (element-wise min and max over ranks). A replayed position must have been scored by
-        some rank, and once any rank replays, every rank's cache must have learned the same
-        positions in the same order: that one order is then a single-process run in which
-        each position was scored before any cache learned it, so no rank's cache leaned on
-        a position that another rank scored from a state containing this rank's scores."""
-        lost = np.flatnonzero(self.replayed & (counts == 0))
-        if lost.size:
-            raise LedgerViolation(f"C3 score before update: {strategy}'s cache learned position {int(lost[0])}, "
-                                  "which no rank scored")
-        differ = np.flatnonzero(seq_min != seq_max)
-        if differ.size:
-            raise LedgerViolation(f"C3 score before update: {strategy}: the ranks' caches learned position "
-                                  f"{int(differ[0])} at different points of their sequences; every rank must "
-                                  "replay the positions scored elsewhere in the plan's order")
+    @staticmethod
+    def check_node_timeline(merged: np.ndarray, steps: int, step_of: np.ndarray, strategy: str) -> None:
+        """C3 across ranks for the node's one cache, once every rank is done: it learned
+        `steps` positions (its whole learning order; `step_of` (N,) gives each position's
+        step, -1 none) and each must have been scored by some rank (`merged`: element-wise
+        max of the ranks' cache_seq), or a token the cache learned reached later scores
+        without ever being scored itself."""
+        seen = np.zeros(steps, dtype=bool)
+        seen[merged[merged >= 0]] = True
+        if not seen.all():
+            s = int(np.argmin(seen))
+            p = int(np.flatnonzero(step_of == s)[0])
+            raise LedgerViolation(f"C3 score before update: {strategy}'s cache learned position {p} (step {s} of "
+                                  "its learning order), which no rank scored")
 
     def coverage(self) -> dict:
         targets = self.score_count[1:]

@@ -2,7 +2,7 @@
 
 Data flows one way: model -> (strategy's window plan) -> log-probs -> mixer (n-gram
 cache) -> ledger -> per-document sums -> `Result`. Strategies drive the loop; the engine
-gives them an `EvalContext` whose `score`, `learn_elsewhere`, `after_scoring` and
+gives them an `EvalContext` whose `score`, `after_scoring` and
 `tokens_for_learning` are the only doors to the ledger, so every built-in is score-first
 by construction and the audit can check it. Warm-ups (kernel compile, the model on
 random tokens) run before the clock and are reported as `compile_seconds`.
@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from evalkit.cli import flush_notes
-from evalkit.engine.dist import DistInfo, all_reduce_sum
+from evalkit.engine.dist import DistInfo, all_reduce_sum, barrier
 from evalkit.errors import EvalkitError
 from evalkit.engine.ledger import Ledger, LedgerViolation
 from evalkit.model.gpt import GPT
 from evalkit.engine.context import EvalContext, EvalData
+from evalkit.engine import nodetable, probes
 
 
 @dataclass
@@ -80,7 +81,7 @@ def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) ->
     """Sum the ledger over ranks (float64) into per-document totals and the headline."""
     data, info, ledger = ctx.data, ctx.info, ctx.ledger
     counts = all_reduce_sum(ledger.score_count, info)
-    check_cache_timelines(ledger, counts, info, label)
+    check_cache_timelines(ctx, label)
     doc = data.doc_of_target()
     n_docs = len(data.doc_starts)
     local_nll = np.bincount(doc, weights=ledger.nll, minlength=n_docs)
@@ -100,17 +101,46 @@ def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) ->
                   val_bpb=nll / math.log(2) / max(total_bytes, 1), tokens=total_tokens, bytes=total_bytes,
                   seconds=seconds, coverage=coverage, config=config, per_doc_nll=per_doc_nll,
                   per_doc_bytes=per_doc_bytes, per_doc_tokens=per_doc_tokens,
-                  mixer_memory_bytes=int(ctx.mixer.memory_bytes()) if ctx.mixer is not None else 0,
-                  mixer_stats=gather_mixer_stats(ctx.mixer, info))
+                  mixer_memory_bytes=cache_memory(ctx), mixer_stats=gather_mixer_stats(ctx.mixer or ctx.table, info))
 
 
-def check_cache_timelines(ledger: Ledger, counts: np.ndarray, info: DistInfo, label: str) -> None:
-    """C3 for positions a rank's cache learned from another rank's scores (Ledger.check_replays)."""
-    seq_min = seq_max = ledger.cache_seq
-    if info.distributed and all_reduce_sum(np.array([ledger.replayed.sum()], dtype=np.int64), info)[0]:
-        seq_min = all_reduce_sum(ledger.cache_seq, info, "min")
-        seq_max = all_reduce_sum(ledger.cache_seq, info, "max")
-    ledger.check_replays(counts, seq_min, seq_max, label)
+def cache_memory(ctx: EvalContext) -> int:
+    """Bytes of this process's n-gram table (0 on a rank that only reads the node's table)."""
+    cache = ctx.mixer if ctx.mixer is not None else ctx.table
+    return int(cache.memory_bytes()) if cache is not None else 0
+
+
+def check_cache_timelines(ctx: EvalContext, label: str) -> None:
+    """C3 across ranks for the node's one cache (Ledger.check_node_timeline); a process's
+    own cache was checked as it learned (Ledger.check_learn)."""
+    if ctx.table is None or ctx.mixer is not None:
+        return
+    merged = all_reduce_sum(ctx.ledger.cache_seq, ctx.info, "max")
+    shared = ctx.table.shared
+    ctx.ledger.check_node_timeline(merged, shared.steps, shared.rows.step, label)
+
+
+def make_scorers(model: GPT, data: EvalData, strategy, specs: list[str | None],
+                 info: DistInfo) -> list[tuple[object, object]]:
+    """(mixer, table) per spec: the node's one table (evalkit.engine.nodetable) for every
+    run; this process's own bound mixer while the audit captures probes (it reads full
+    distributions from the cache's state at the moment: one process) or for a strategy
+    with no `learning_order` in one process; (None, None) for None."""
+    wanted = [s for s in specs if s]
+    if not wanted:
+        return [(None, None)] * len(specs)
+    own = probes.active() is not None or not hasattr(strategy, "learning_order")
+    if own and info.distributed:
+        raise EvalkitError(f"--ngram with {strategy.label} under torchrun: the strategy needs a "
+                           "learning_order(data) method (the int64 positions in the order a cache learns them; "
+                           "evalkit/strategies/plugins.py) so that one process per node can hold the table")
+    if own:
+        return [(make_mixer(model, data, s), None) if s else (None, None) for s in specs]
+    if info.is_main:
+        announce_compile()
+    tables = iter(nodetable.open_tables(wanted, model.cfg.vocab_size, data.tokens,
+                                        lambda: strategy.learning_order(data), info, strategy.label))
+    return [(None, next(tables)) if s else (None, None) for s in specs]
 
 
 def make_mixer(model: GPT, data: EvalData, spec: str | None):
@@ -147,7 +177,7 @@ def announce_compile() -> None:
         print(f"compiling n-gram kernels (first run only, cached in {root}) ...", file=sys.stderr, flush=True)
 
 
-def mixer_label(strategy, mixer) -> str:
+def mixer_label(strategy, mixer) -> str:  # mixer: a mixer or a node table (both have a name)
     return strategy.label + (f"+{mixer.name}" if mixer is not None else "")
 
 
@@ -177,10 +207,17 @@ def warm_up(strategy, ctx, model: GPT, device: torch.device, kernels: bool) -> f
     return _timed(body, device)
 
 
-def run_timed(strategy, ctx, model: GPT, device: torch.device) -> float:
-    """Wall seconds of `strategy.run(ctx)`, CUDA work included."""
+def run_timed(strategy, ctx, model: GPT, device: torch.device, tables: list = ()) -> float:
+    """Wall seconds of `strategy.run(ctx)`, CUDA work included, with the node tables' passes
+    (started with the clock, joined before it stops)."""
     model.eval()
-    return _timed(lambda: strategy.run(ctx), device)
+
+    def body() -> None:
+        nodetable.start(list(tables))
+        strategy.run(ctx)
+        nodetable.join(list(tables))
+
+    return _timed(body, device)
 
 
 def run_config(strategy, spec: str | None, info: DistInfo) -> dict:
@@ -192,13 +229,30 @@ def evaluate(model: GPT, data: EvalData, strategy, info: DistInfo, mixer_spec: s
              progress: bool = True) -> tuple[Result, Ledger]:
     """Run `strategy` (evalkit.strategies.Strategy) with an optional n-gram mixer: warm up
     outside the clock, then time the run."""
-    mixer = make_mixer(model, data, mixer_spec)
-    flush_notes()  # the inputs passed every check: now the informational lines (threads, warnings)
-    label = mixer_label(strategy, mixer)
-    ledger = Ledger(data.n_tokens)
-    ctx = EvalContext(model, data, ledger, label, info, mixer, progress)
-    compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=mixer is not None)
-    seconds = run_timed(strategy, ctx, model, info.device)
-    result = reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, info))
+    (mixer, table), = make_scorers(model, data, strategy, [mixer_spec], info)
+    try:
+        flush_notes()  # the inputs passed every check: now the informational lines (threads, warnings)
+        label = mixer_label(strategy, mixer or table)
+        ledger = Ledger(data.n_tokens)
+        ctx = EvalContext(model, data, ledger, label, info, mixer, progress, table)
+        compile_seconds = warm_up(strategy, ctx, model, info.device, kernels=runs_kernels(mixer, table))
+        ready(info, [table])
+        seconds = run_timed(strategy, ctx, model, info.device, [table])
+        result = reduce_result(ctx, label, seconds, run_config(strategy, mixer_spec, info))
+    finally:
+        nodetable.close([table])
     result.compile_seconds = compile_seconds
     return result, ledger
+
+
+def ready(info: DistInfo, tables: list) -> None:
+    """With node tables, every rank starts its clock once the owners have compiled (or
+    loaded) the kernels: a rank's clock would otherwise count the owner's compile."""
+    if any(t is not None for t in tables):
+        barrier(info)
+
+
+def runs_kernels(mixer, table) -> bool:
+    """Whether this process runs the n-gram kernels (compiles them before the clock): its
+    own mixer, or the node's table when it is the owner."""
+    return mixer is not None or (table is not None and table.owner)

@@ -1,8 +1,12 @@
 """The engine side of the mixer protocol (MIXER_PROTOCOL.md): model log-prob rows on the
 device -> mixed target log-probs on the host, with only (n,) arrays crossing.
 
-The cache learns per token in the order the strategy passes positions (its plan order), so
-scores do not depend on how windows are batched. Entropy (float64, from the log-softmax
+Two ways in. `score_through_table`: every run's, the node's one table
+(evalkit.engine.nodetable), whose owner learned the positions in the strategy's learning
+order; this reads their aux and combines. `score_through_mixer`: this process's own mixer,
+learning per token in the order the strategy passes positions (the audit's path: it takes
+probe distributions from the cache's state at the moment). Either way scores do not depend
+on how windows are batched. Entropy (float64, from the log-softmax
 rows), the target's log-prob and the hint's log-prob are computed on the device; whole rows
 reach the host only at the few positions the audit probes. A probe's distribution is taken
 from the cache's state at that moment: everything before it advanced, nothing after.
@@ -36,6 +40,34 @@ def _gather(logp: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
     return logp.gather(1, cols[:, None])[:, 0].double().cpu().numpy()
 
 
+def _device_inputs(mixer, logp: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (n,) entropy (zeros when the mixer ignores it) and target log-probs, made on the device."""
+    if getattr(mixer, "needs_entropy", True):
+        entropy = device_entropy(logp).cpu().numpy()  # (n,)
+    else:  # e.g. the records' constant-strength tilt: O(V) work per token saved
+        entropy = np.zeros(logp.shape[0])
+    return entropy, _gather(logp, targets)
+
+
+def _hint_logp(mixer, logp: torch.Tensor, auxes: list) -> np.ndarray | None:
+    hints = [mixer.hint_tokens(aux) for aux in auxes]
+    if not hints or hints[0] is None:
+        return None
+    cols = torch.from_numpy(np.maximum(np.concatenate(hints), 0)).to(logp.device)
+    return _gather(logp, cols)
+
+
+def score_through_table(table, positions: np.ndarray, steps: np.ndarray, logp: torch.Tensor,
+                        targets: torch.Tensor) -> np.ndarray:
+    """Mixed log-probs of the targets (float64 (n,)) from the node's table (evalkit.engine.nodetable),
+    whose owner learns `positions` at `steps` of its timeline (`table.steps_of`). The device
+    work comes first; then this waits, if at all, for the owner's pass to reach them."""
+    logp = logp.detach()
+    entropy, target_logp = _device_inputs(table, logp, targets)
+    aux = table.read(positions, steps)
+    return table.combine(aux, target_logp, _hint_logp(table, logp, [aux]), entropy)
+
+
 def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, targets: torch.Tensor,
                         probe_idx=()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Mixed log-probs of the targets (float64 (n,)) and {position: full (V,) distribution}
@@ -44,11 +76,7 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
         return _score_whole_rows(mixer, positions, logp, probe_idx)
     logp = logp.detach()
     n = positions.shape[0]
-    if getattr(mixer, "needs_entropy", True):
-        entropy = device_entropy(logp).cpu().numpy()  # (n,)
-    else:  # e.g. the records' constant-strength tilt: O(V) work per token saved
-        entropy = np.zeros(n)
-    target_logp = _gather(logp, targets)
+    entropy, target_logp = _device_inputs(mixer, logp, targets)
     auxes, bounds, probes, a = [], [], {}, 0
     for i in sorted(int(i) for i in probe_idx):
         if i > a:
@@ -63,12 +91,7 @@ def score_through_mixer(mixer, positions: np.ndarray, logp: torch.Tensor, target
         with Timer(mixer):
             auxes.append(mixer.advance(positions[a:n]))
         bounds.append((a, n))
-    with Timer(mixer):
-        hints = [mixer.hint_tokens(aux) for aux in auxes]
-    hint_logp = None
-    if hints and hints[0] is not None:
-        cols = torch.from_numpy(np.maximum(np.concatenate(hints), 0)).to(logp.device)
-        hint_logp = _gather(logp, cols)
+    hint_logp = _hint_logp(mixer, logp, auxes)
     out = np.empty(n, np.float64)
     with Timer(mixer):
         for aux, (a, b) in zip(auxes, bounds):

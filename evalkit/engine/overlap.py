@@ -1,9 +1,8 @@
 """Overlap: the host scores batch k (n-gram mixer, ledger) while the device runs batch k+1.
 
-A window strategy hands each batch's log-prob rows to `HostScorer.submit` (or None for a
-batch another rank scores); ONE worker thread runs `ctx.score` (or `ctx.learn_elsewhere`)
-for the batches in submission order,
-so the mixer still learns positions in plan order and every score is the serial loop's,
+A window strategy hands each batch's log-prob rows to `HostScorer.submit`; ONE worker
+thread runs `ctx.score` for the batches in submission order,
+so a mixer still learns positions in plan order and every score is the serial loop's,
 bit for bit (tests/test_overlap.py). At most `DEPTH` batches are in flight: a double
 buffer, the (n, V) rows of two batches alive on the device at once. The Numba kernels
 release the GIL, so the worker's n-gram work runs beside the main thread's model calls.
@@ -25,8 +24,8 @@ DEPTH = 2  # batches in flight; 0 = score inline (the serial loop)
 
 
 class HostScorer:
-    """Context manager: `submit(positions, logp)` per batch of the plan, in plan order (logp
-    None: another rank scores it); leaving waits for all."""
+    """Context manager: `submit(positions, logp)` per batch this rank scores, in plan order;
+    leaving waits for all."""
 
     def __init__(self, ctx, depth: int | None = None):
         self.ctx, self.depth = ctx, DEPTH if depth is None else depth
@@ -35,7 +34,7 @@ class HostScorer:
         cuda = self.pool is not None and ctx.device.type == "cuda"
         self.stream = torch.cuda.Stream(ctx.device) if cuda else None
 
-    def submit(self, positions: np.ndarray, logp: torch.Tensor | None) -> None:
+    def submit(self, positions: np.ndarray, logp: torch.Tensor) -> None:
         if self.pool is None:
             self._score(positions, logp, None)
             return
@@ -49,7 +48,7 @@ class HostScorer:
         # capture, evalkit.engine.probes) reach ctx.score there as they would inline
         self.pending.append(self.pool.submit(contextvars.copy_context().run, self._score, positions, logp, event))
 
-    def _score(self, positions: np.ndarray, logp: torch.Tensor | None, event) -> None:
+    def _score(self, positions: np.ndarray, logp: torch.Tensor, event) -> None:
         with torch.inference_mode():  # grad mode is per thread
             if event is None:
                 self._score_now(positions, logp)
@@ -57,13 +56,10 @@ class HostScorer:
             self.stream.wait_event(event)
             with torch.cuda.stream(self.stream):
                 self._score_now(positions, logp)
-            if logp is not None:  # its memory is not reused before this stream is done
-                logp.record_stream(self.stream)
+            logp.record_stream(self.stream)  # its memory is not reused before this stream is done
 
-    def _score_now(self, positions: np.ndarray, logp: torch.Tensor | None) -> None:
-        if logp is None:  # another rank scores these: learn them where they fall in the plan
-            self.ctx.learn_elsewhere(positions)
-        elif positions.size:
+    def _score_now(self, positions: np.ndarray, logp: torch.Tensor) -> None:
+        if positions.size:
             self.ctx.score(positions, logp)
 
     def __enter__(self) -> "HostScorer":

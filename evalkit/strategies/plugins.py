@@ -11,6 +11,8 @@ A strategy plugin implements the protocol every built-in implements
         fixed_model: bool = False          # True -> ablate may feed one model pass to several mixers
         def config(self) -> dict: ...      # what to record in JSON
         def run(self, ctx) -> None: ...    # score every target exactly once through ctx.score(...)
+        def learning_order(self, data):    # optional: int64 targets in the order run() scores them; an
+            ...                            # --ngram under torchrun needs it (the node's one cache learns in it)
 
 Inside `run`, the doors of `ctx` (evalkit.engine.EvalContext) are the only legal ways to
 touch the validation tokens: `ctx.inputs` / `ctx.log_probs` for model inputs (the prefix),

@@ -2,10 +2,11 @@
 
 A strategy is a class with `name`, `__init__(opts)`, `label`, `claims_doc_isolation`,
 `config()` and `run(ctx)`, and optionally `warmup(ctx)` (run before the clock, on
-`ctx.warmup_tokens` only); `run` scores every target through `ctx.score` (an n-gram cache
-learns there, in the order given) and lets state learn only through `ctx.learn_elsewhere`
-(positions another rank scores, in plan order) / `ctx.after_scoring` /
-`ctx.tokens_for_learning` (evalkit.engine).
+`ctx.warmup_tokens` only); `run` scores every target through `ctx.score` and lets state
+learn only through `ctx.after_scoring` / `ctx.tokens_for_learning` (evalkit.engine). With
+an n-gram cache it also needs `learning_order(data)`: the int64 targets in the order the
+cache learns them (its plan's one-process order; the node's one table learns in it, and
+the ledger checks that each rank scores in it).
 User strategies implement the same protocol and reach the audit with `--plugin`.
 Adding a strategy never touches the engine loop.
 """

@@ -1,10 +1,9 @@
 """`flat` and `sliding`: the model's own distribution, window by window.
 
-The plan's order is the canonical order: an n-gram cache learns each target right after
-scoring it, in plan order, whatever --batch-windows is. Batches are dealt to ranks
-round-robin, and every rank's cache replays the batches other ranks score at their place
-in the plan, so each rank's cache state, and hence every score, is the one-process one
-(a window's logits do not depend on its batch-mates: see evalkit.model.gpt).
+The plan's order is the canonical order (`learning_order`): the node's n-gram cache learns
+the targets in it, whatever --batch-windows is and whichever rank scores them. Batches are
+dealt to ranks round-robin; every score is the one-process one (the cache's aux comes from
+the one timeline, and a window's logits do not depend on its batch-mates: evalkit.model.gpt).
 """
 from __future__ import annotations
 
@@ -21,6 +20,10 @@ class WindowStrategy(Strategy):
 
     def plan(self, data) -> list[Window]:
         raise NotImplementedError
+
+    def learning_order(self, data) -> np.ndarray:
+        """int64 targets in the order an n-gram cache learns them: the plan's."""
+        return scored_positions(self.plan(data))
 
     def run(self, ctx) -> None:
         ctx.model.set_context_len(self.opts.seq_len)
@@ -42,9 +45,8 @@ def scored_positions(windows: list[Window]) -> np.ndarray:
 
 
 def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
-    """Score `windows` in batches; rank r scores batches r, r + world, ... and replays the
-    others into its cache where they fall in the plan. The model runs here while a host
-    thread scores the previous batch (evalkit/engine/overlap.py), in plan order."""
+    """Score `windows` in batches; rank r scores batches r, r + world, ... The model runs
+    here while a host thread scores the previous batch (evalkit/engine/overlap.py)."""
     info = ctx.info
     batches = [windows[i:i + batch_windows] for i in range(0, len(windows), batch_windows)]
     total = sum(w.end - w.score_from for w in windows)
@@ -52,11 +54,8 @@ def run_windows(ctx, windows: list[Window], batch_windows: int) -> None:
         for k, batch in enumerate(batches):
             if k % info.world_size == info.rank:
                 positions, logp = batch_log_probs(ctx, batch)
-                host.submit(positions, logp)  # a cache learns each target right after its score
-            else:
-                positions = scored_positions(batch)
-                host.submit(positions, None)  # scored on another rank: the cache replays them in plan order
-            bar.update(positions.size)
+                host.submit(positions, logp)
+            bar.update(sum(w.end - w.score_from for w in batch))
 
 
 def batch_log_probs(ctx, batch: list[Window]) -> tuple[np.ndarray, torch.Tensor]:

@@ -12,8 +12,8 @@ exactly those documents (evalkit.strategies.ttt_phases), then scoring continues.
 Processes: batches are formed globally and batch i of a segment goes to rank i % world,
 so every document is computed in the same batch whatever the number of processes. The
 canonical order in which an n-gram cache learns is the queue's: segment, batch, chunk
-step, document in the batch, position (`batch_positions`); each rank's cache replays the
-batches other ranks score at their place in it, so scores do not depend on the rank count.
+step, document in the batch, position (`batch_positions`, `TTT.learning_order`); the
+node's one cache learns in it, so scores do not depend on the rank count.
 """
 from __future__ import annotations
 
@@ -243,6 +243,12 @@ class TTT(Strategy):
             raise EvalkitError(f"--ttt-context {o.ttt_context}: must be >= --ttt-chunk ({o.ttt_chunk})")
         ctx.model.set_context_len(o.ttt_context)
 
+    def learning_order(self, data) -> np.ndarray:
+        """int64 targets in the order an n-gram cache learns them: the queue's."""
+        queue = plan_queue(data.doc_starts, data.n_tokens, self.opts.ttt_batch, self.phases)
+        parts = [batch_positions(b, self.opts.ttt_chunk) for seg in queue.segments for b in seg]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     def warmup(self, ctx) -> None:
         """Forward and backward steps on random tokens through throw-away adapters, before
         the clock starts; the base weights are put back afterwards."""
@@ -273,13 +279,11 @@ class TTT(Strategy):
                     global_phase(ctx, o, scored, s)
 
     def _segment(self, ctx, adapters: AdapterSet, segment: list[list[Doc]], queue: Queue, bar) -> None:
-        """Score this rank's batches; replay the others' into the cache in queue order."""
+        """Score this rank's batches (the others' only move the progress bar)."""
         info = ctx.info
         for k, batch in enumerate(segment):
             if queue.owner(k, info.world_size) == info.rank:
                 for positions in doc_batch(ctx, self.opts, adapters, batch):
                     bar.update(positions.size)
             else:
-                positions = batch_positions(batch, self.opts.ttt_chunk)
-                ctx.learn_elsewhere(positions)
-                bar.update(positions.size)
+                bar.update(sum(hi - lo for _, lo, hi in batch))
