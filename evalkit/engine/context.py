@@ -1,15 +1,18 @@
 """What a strategy sees: the split (`EvalData`) and its one door to the ledger (`EvalContext`).
 
 `EvalContext.score` fixes scores (model log-probs -> optional n-gram mixer, which learns each
-position right after scoring it -> ledger); `learn_elsewhere` lets the cache learn what other
+position right after scoring it -> ledger; `fix_scores` splits it in two for the overlap);
+`learn_elsewhere` lets the cache learn what other
 ranks score, and `after_scoring` / `tokens_for_learning` are the other ways state may learn
 from a token, so every built-in is score-first by construction and the audit can check it.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -96,10 +99,26 @@ class EvalContext:
         """Fix the scores of `positions` from the model's (n, V) log-probs at them, through
         the mixer if any (which learns each position right after computing its score, in the
         order given: evalkit/engine/mixing.py). Returns the float64 (n,) NLLs in nats."""
+        return self.fix_scores(positions, logp, copy=False)()
+
+    def fix_scores(self, positions: np.ndarray, logp: torch.Tensor, copy: bool = True) -> Callable[[], np.ndarray]:
+        """`score` in two halves. Now, on the caller's thread: the ledger records the scores
+        of `positions` as fixed (and the cache as learning them right after), and the rows
+        are detached and, with `copy`, copied, so nothing the caller does later (a training
+        step, an in-place edit) can reach them. Returned: the half that computes the NLLs
+        from those rows (mixer, audit probes) and writes them to the ledger; run the halves
+        in the order they were fixed, on any one thread (evalkit/engine/overlap.py). From
+        the fix on, the tokens may be learned from (`tokens_for_learning`)."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
-            return np.zeros(0)
-        self.ledger.check_unlearned(positions, self.strategy_name)
+            return lambda: np.zeros(0)
+        self.ledger.fix(positions, self.strategy_name)
+        if self.mixer is not None:  # the cache learns these positions right after scoring them
+            self.ledger.check_learn(positions, self.strategy_name, cache=True)
+        rows = logp.detach().clone() if copy else logp.detach()
+        return functools.partial(self._settle, positions, rows)
+
+    def _settle(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         cap = probes.active()  # the audit's request, invisible to the strategy
         probe = np.flatnonzero(cap.wanted(positions)) if cap is not None else np.zeros(0, np.int64)
@@ -114,9 +133,9 @@ class EvalContext:
                 cap.probes[p] = probes.Probe(np.asarray(dists[p], np.float64), float(target_logp[i]),
                                              str(logp.dtype).split(".")[-1], cap.own.get(p))
         nll = -np.asarray(target_logp, dtype=np.float64)
-        self.ledger.record_scores(positions, nll, self.strategy_name)
-        if self.mixer is not None:  # the cache learned these positions once their scores were known
-            self.ledger.check_learn(positions, self.strategy_name, cache=True)
+        self.ledger.settle(positions, nll, self.strategy_name)
+        if logp.is_cuda:  # read on this thread's stream: its memory waits for that work (overlap.py)
+            logp.record_stream(torch.cuda.current_stream(logp.device))
         if cap is not None:
             cap.after_scores(positions, self.ledger)  # may stop an audit re-run (probes.AuditStop)
         return nll
@@ -132,10 +151,18 @@ class EvalContext:
         exactly where a one-process run would, so every rank's cache walks the same
         timeline and per-rank scores equal the one-process scores (no collective needed:
         the plan, not the other rank, says which positions these are)."""
+        self.fix_replay(positions)()
+
+    def fix_replay(self, positions: np.ndarray) -> Callable[[], None]:
+        """`learn_elsewhere` in two halves, as `fix_scores`: the ledger's record now, the
+        cache's learning when the returned function runs (in order with the score halves)."""
         if self.mixer is None:
-            return
+            return lambda: None
         positions = np.asarray(positions, dtype=np.int64)
         self.ledger.record_replay(positions, self.strategy_name)
+        return functools.partial(self._replay, positions)
+
+    def _replay(self, positions: np.ndarray) -> None:
         if positions.size:
             with probes.Timer(self.mixer):
                 (self.mixer.learn if hasattr(self.mixer, "learn") else self.mixer.update)(positions)
