@@ -122,3 +122,32 @@ def test_a_fix_whose_score_never_comes_is_refused(monkeypatch):
     model, data = random_model(tiny_config()), repeating_data()
     with pytest.raises(LedgerViolation, match="fixed but its score never computed"):
         evaluate(model, data, FixOnly(opts(3)), DistInfo(), None, progress=False)
+
+
+def test_ttt_learns_from_chunks_whose_scores_are_still_being_computed(monkeypatch):
+    """The overlap is real: with a slow host thread, the adapters train on chunks whose
+    scores are fixed but not yet computed, and the scores are still the serial ones."""
+    import time
+
+    from evalkit.engine.context import EvalContext
+    model, data = random_model(tiny_config(train_seq_len=32)), phrase_data()
+    monkeypatch.setattr(overlap, "DEPTH", 0)
+    _, serial = evaluate(model, data, build_strategy("ttt", opts_for(TTT)), DistInfo(), "tilt:orders=2-4",
+                         progress=False)
+    monkeypatch.setattr(overlap, "DEPTH", 2)
+    real_settle, real_learn, early = EvalContext._settle, EvalContext.tokens_for_learning, []
+
+    def slow_settle(self, positions, logp):
+        time.sleep(0.01)
+        return real_settle(self, positions, logp)
+
+    def learn(self, positions):
+        early.append(bool(self.ledger.pending[positions].any()))
+        return real_learn(self, positions)
+
+    monkeypatch.setattr(EvalContext, "_settle", slow_settle)
+    monkeypatch.setattr(EvalContext, "tokens_for_learning", learn)
+    _, ledger = evaluate(model, data, build_strategy("ttt", opts_for(TTT)), DistInfo(), "tilt:orders=2-4",
+                         progress=False)
+    print(f"{sum(early)} of {len(early)} learning reads came before their chunk's score was computed")
+    assert sum(early) > len(early) // 2 and np.array_equal(ledger.nll, serial.nll)
