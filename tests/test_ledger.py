@@ -73,3 +73,22 @@ def test_node_timeline_is_checked():
     with pytest.raises(LedgerViolation, match="C3.*learned position 7 .*step 6.*which no rank scored"):
         Ledger.check_node_timeline(merged, 7, step_of, "s+mix")
     Ledger.check_node_timeline(merged, 6, step_of, "s+mix")  # a timeline of steps 0..5 was all scored
+
+
+def test_learning_is_allowed_once_fixed_and_every_fix_must_settle():
+    # the overlap: scores fixed now (the rows are the engine's copy), numbers written later
+    led = Ledger(8)
+    led.fix(np.array([1, 2, 3]), "ttt")
+    led.check_learn(np.array([1, 2, 3]), "ttt")  # fixed is enough to learn from
+    with pytest.raises(LedgerViolation, match="C3.*ttt read position 4"):
+        led.check_learn(np.array([4]), "ttt")
+    with pytest.raises(LedgerViolation, match="C4.*position 2"):
+        led.fix(np.array([2]), "ttt")  # fixed counts as scored
+    with pytest.raises(LedgerViolation, match="position 1 was fixed but its score never computed"):
+        led.check_settled("ttt")
+    led.settle(np.array([1, 2, 3]), np.array([0.5, 1.0, 2.0]), "ttt")
+    led.check_settled("ttt")
+    assert led.nll[1:4].tolist() == [0.5, 1.0, 2.0] and led.score_event[1] == 0 and led.learn_events == [1]
+    for pos in ([3], [5]):  # settled twice, never fixed
+        with pytest.raises(LedgerViolation, match=f"settled position {pos[0]}"):
+            led.settle(np.array(pos), np.zeros(1), "ttt")

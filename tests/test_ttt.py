@@ -88,13 +88,13 @@ def test_batched_ttt_matches_slow_reference_loop():
 
 
 class RecordingContext(EvalContext):
-    """Logs the order of scores and learning reads."""
+    """Logs the order of score fixes and learning reads."""
 
     events: list = []
 
-    def score(self, positions, logp):
+    def fix_scores(self, positions, logp, copy=True):
         RecordingContext.events.append(("score", np.asarray(positions).copy()))
-        return super().score(positions, logp)
+        return super().fix_scores(positions, logp, copy)
 
     def tokens_for_learning(self, positions):
         RecordingContext.events.append(("learn", np.asarray(positions).copy()))
@@ -143,7 +143,7 @@ def test_zero_lr_equals_doc_isolated_sliding():
 
 def test_learning_read_of_unscored_token_raises(monkeypatch):
     # A strategy whose score never reaches the ledger must be stopped at its first step.
-    monkeypatch.setattr(EvalContext, "score", lambda self, positions, logp: np.zeros(len(positions)))
+    monkeypatch.setattr(EvalContext, "fix_scores", lambda self, positions, logp, copy=True: lambda: None)
     with pytest.raises(LedgerViolation, match=r"ttt read position 1 for learning"):
         run_ttt()
 

@@ -4,14 +4,17 @@
 node's one table (`table`, evalkit.engine.nodetable: its owner learns every position in the
 strategy's learning order, right after computing what that position's score needs), or this
 process's own `mixer` (the audit's path, learning each position right after scoring it);
+`fix_scores` splits it in two for the overlap (evalkit/engine/overlap.py).
 `after_scoring` / `tokens_for_learning` are the other ways state may learn from a token, so
 every built-in is score-first by construction and the audit can check it.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -99,12 +102,32 @@ class EvalContext:
         the node's table or this process's mixer if any (a cache learns each position right
         after computing what its score needs: evalkit/engine/mixing.py). Returns the float64
         (n,) NLLs in nats."""
+        return self.fix_scores(positions, logp, copy=False)()
+
+    def fix_scores(self, positions: np.ndarray, logp: torch.Tensor, copy: bool = True) -> Callable[[], np.ndarray]:
+        """`score` in two halves. Now, on the caller's thread: the ledger records the scores
+        of `positions` as fixed (and the cache as learning them right after: this process's
+        mixer, or the node's table at the steps of its timeline, known before its aux is),
+        and the rows are detached and, with `copy`, copied, so nothing the caller does later
+        (a training step, an in-place edit) can reach them. Returned: the half that computes
+        the NLLs from those rows (cache, audit probes) and writes them to the ledger; run the
+        halves in the order they were fixed, on any one thread (evalkit/engine/overlap.py).
+        From the fix on, the tokens may be learned from (`tokens_for_learning`)."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
-            return np.zeros(0)
-        self.ledger.check_unlearned(positions, self.strategy_name)
+            return lambda: np.zeros(0)
         node = self.table is not None and self.mixer is None
         steps = self.table.steps_of(positions) if node else None  # where the node's cache learns them: known now
+        self.ledger.fix(positions, self.strategy_name)
+        if self.mixer is not None:  # the cache learns these positions right after scoring them
+            self.ledger.check_learn(positions, self.strategy_name, cache=True)
+        elif node:  # the node's cache learns them at these steps of its one timeline
+            self.ledger.record_node_steps(positions, steps, self.strategy_name)
+        rows = logp.detach().clone() if copy else logp.detach()
+        return functools.partial(self._settle, positions, rows, steps)
+
+    def _settle(self, positions: np.ndarray, logp: torch.Tensor, steps: np.ndarray | None) -> np.ndarray:
+        node = steps is not None
         targets = torch.from_numpy(self.data.tokens[positions].astype(np.int64)).to(logp.device)
         cap = probes.active()  # the audit's request, invisible to the strategy
         probe = np.flatnonzero(cap.wanted(positions)) if cap is not None else np.zeros(0, np.int64)
@@ -124,11 +147,9 @@ class EvalContext:
                 cap.probes[p] = probes.Probe(np.asarray(dists[p], np.float64), float(target_logp[i]),
                                              str(logp.dtype).split(".")[-1], cap.own.get(p))
         nll = -np.asarray(target_logp, dtype=np.float64)
-        self.ledger.record_scores(positions, nll, self.strategy_name)
-        if self.mixer is not None:  # the cache learned these positions once their scores were known
-            self.ledger.check_learn(positions, self.strategy_name, cache=True)
-        elif node:  # the node's cache learned them at these steps of its one timeline
-            self.ledger.record_node_steps(positions, steps, self.strategy_name)
+        self.ledger.settle(positions, nll, self.strategy_name)
+        if logp.is_cuda:  # read on this thread's stream: its memory waits for that work (overlap.py)
+            logp.record_stream(torch.cuda.current_stream(logp.device))
         if cap is not None:
             cap.after_scores(positions, self.ledger)  # may stop an audit re-run (probes.AuditStop)
         return nll

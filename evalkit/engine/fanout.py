@@ -60,6 +60,22 @@ class FanoutContext(EvalContext):
     def score(self, positions: np.ndarray, logp: torch.Tensor) -> np.ndarray:
         return self._each("score", positions, logp)[0]
 
+    def fix_scores(self, positions: np.ndarray, logp: torch.Tensor, copy: bool = True):
+        rows = logp.detach().clone() if copy else logp  # one copy, shared by the children
+        return self._halves([c.fix_scores(positions, rows, copy=False) for c in self.children])
+
+    def _halves(self, jobs: list):
+        """Run every child's second half (timed as `_each` times a whole call); the first
+        child's answer is the strategy's."""
+        def run():
+            out = []
+            for i, job in enumerate(jobs):
+                t0 = time.perf_counter()
+                out.append(job())
+                self.own_seconds[i] += time.perf_counter() - t0
+            return out[0]
+        return run
+
     def after_scoring(self, positions: np.ndarray) -> None:
         self._each("after_scoring", positions)
 

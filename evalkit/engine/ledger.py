@@ -7,6 +7,11 @@ reads it afterwards: coverage (each target scored exactly once), score order by 
 (one `ctx.score` call is one event: the order of positions inside a call means nothing),
 learning calls, warm-ups. Probes of full distributions are not requested here (a strategy
 can read the ledger): evalkit.engine.probes captures them.
+
+A score is *fixed* when the rows that determine it exist as the engine's own copy
+(`fix`); its number may be computed later, on another thread (`settle`: the overlap of
+evalkit/engine/overlap.py). A fixed score can no longer change, so learning from its
+token is allowed from then on: `check_learn` asks for fixed, not for settled.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ class Ledger:
     # rank's own cache (`check_learn(cache=True)`) or the node's one table, whose single
     # timeline is the strategy's learning order (`record_node_steps`, evalkit.engine.nodetable).
     cache_seq: np.ndarray = field(init=False)  # int64 (N,)
+    pending: np.ndarray = field(init=False)  # bool (N,) fixed, its NLL not yet computed (`settle`)
     learn_events: list[int] = field(default_factory=list)  # call number of each learning read (check_learn)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
     _calls: int = 0  # score and learn calls so far, in the order they happened
@@ -57,10 +63,18 @@ class Ledger:
         self.score_order = np.full(n, -1, dtype=np.int64)
         self.learn_count = np.zeros(n, dtype=np.int32)
         self.cache_seq = np.full(n, -1, dtype=np.int64)
+        self.pending = np.zeros(n, dtype=bool)
 
     def record_scores(self, positions: np.ndarray, nll: np.ndarray, strategy: str) -> None:
-        """Fix the scores of `positions` (int64, no repeats). Raises on position 0, out-of-range
-        positions and rescoring."""
+        """Fix the scores of `positions` (int64, no repeats) and write them. Raises on
+        position 0, out-of-range positions and rescoring."""
+        self.fix(positions, strategy)
+        self.settle(positions, nll, strategy)
+
+    def fix(self, positions: np.ndarray, strategy: str) -> None:
+        """The scores of `positions` are fixed: the rows that determine them are held where
+        nothing can change them. One score event; learning from these tokens is allowed from
+        now on. Raises on position 0, out-of-range positions and rescoring."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return
@@ -72,11 +86,27 @@ class Ledger:
             raise LedgerViolation(f"C4 single pass: {strategy} scored position {int(again[0])} a second time")
         self.check_unlearned(positions, strategy)
         self.score_count[positions] += 1
-        self.nll[positions] = nll
+        self.pending[positions] = True
         self.score_event[positions] = self._calls  # one call, one event, whatever the order inside it
         self.score_order[positions] = self._scored + np.arange(positions.size)  # (a mixer learns in this order)
         self._scored += positions.size
         self._calls += 1
+
+    def settle(self, positions: np.ndarray, nll: np.ndarray, strategy: str) -> None:
+        """Write the NLLs of fixed scores (any thread; touches only these positions' entries)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        bad = positions[~self.pending[positions]]
+        if bad.size:
+            raise LedgerViolation(f"{strategy}: settled position {int(bad[0])}, which was not fixed or already settled")
+        self.nll[positions] = nll
+        self.pending[positions] = False
+
+    def check_settled(self, strategy: str) -> None:
+        """Raise if a fixed score was never computed (its NLL would count as 0)."""
+        left = np.flatnonzero(self.pending)
+        if left.size:
+            raise LedgerViolation(f"{strategy}: position {int(left[0])} was fixed but its score never computed "
+                                  f"({left.size} such positions)")
 
     def check_unlearned(self, positions: np.ndarray, strategy: str) -> None:
         """Raise if the cache already learned any of `positions` (a score from that state

@@ -80,6 +80,7 @@ def gather_mixer_stats(mixer, info: DistInfo) -> dict | None:
 def reduce_result(ctx: EvalContext, label: str, seconds: float, config: dict) -> Result:
     """Sum the ledger over ranks (float64) into per-document totals and the headline."""
     data, info, ledger = ctx.data, ctx.info, ctx.ledger
+    ledger.check_settled(label)  # a fixed score whose number never came would count as 0
     counts = all_reduce_sum(ledger.score_count, info)
     check_cache_timelines(ctx, label)
     doc = data.doc_of_target()

@@ -1,9 +1,14 @@
 """Overlap: the host scores batch k (n-gram mixer, ledger) while the device runs batch k+1.
 
-A window strategy hands each batch's log-prob rows to `HostScorer.submit`; ONE worker
-thread runs `ctx.score` for the batches in submission order,
-so a mixer still learns positions in plan order and every score is the serial loop's,
-bit for bit (tests/test_overlap.py). At most `DEPTH` batches are in flight: a double
+A strategy hands each batch's log-prob rows to `HostScorer.submit`. On the caller's thread
+the ledger records the scores as fixed and the rows are copied (`EvalContext.fix_scores`);
+ONE worker thread then computes them (`ctx.score`'s second half: the node table's aux or
+this process's mixer, the ledger's numbers) in submission order, so a mixer still learns
+positions in plan order, every score is the serial loop's, bit for bit, and the ledger's
+timeline is the serial loop's, event for event (tests/test_overlap.py).
+Window strategies run the model on the next batch meanwhile; TTT trains its adapters on
+the chunk just fixed (its rows are the engine's copy: the step cannot reach them) and
+runs the next chunk's forward. At most `DEPTH` batches are in flight: a double
 buffer, the (n, V) rows of two batches alive on the device at once. The Numba kernels
 release the GIL, so the worker's n-gram work runs beside the main thread's model calls.
 
@@ -35,32 +40,33 @@ class HostScorer:
         self.stream = torch.cuda.Stream(ctx.device) if cuda else None
 
     def submit(self, positions: np.ndarray, logp: torch.Tensor) -> None:
+        """Fix the batch's scores in the ledger now (`EvalContext.fix_scores`: the rows are
+        copied, so the caller may train on these tokens at once); compute them on the worker."""
         if self.pool is None:
-            self._score(positions, logp, None)
+            self._run(self._fix(positions, logp), None)
             return
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()  # re-raises the worker's error here
+        job = self._fix(positions, logp)
         event = None
         if self.stream is not None:
             event = torch.cuda.Event()
-            event.record()  # on the main thread's stream, after the kernels that made logp
-        while len(self.pending) >= self.depth:
-            self.pending.popleft().result()  # re-raises the worker's error here
+            event.record()  # on the main thread's stream, after the kernels that made the rows (and their copy)
         # the worker runs in a copy of this context: context variables (the audit's probe
-        # capture, evalkit.engine.probes) reach ctx.score there as they would inline
-        self.pending.append(self.pool.submit(contextvars.copy_context().run, self._score, positions, logp, event))
+        # capture, evalkit.engine.probes) reach the scoring there as they would inline
+        self.pending.append(self.pool.submit(contextvars.copy_context().run, self._run, job, event))
 
-    def _score(self, positions: np.ndarray, logp: torch.Tensor, event) -> None:
+    def _fix(self, positions: np.ndarray, logp: torch.Tensor):
+        return self.ctx.fix_scores(positions, logp, copy=self.pool is not None)
+
+    def _run(self, job, event) -> None:
         with torch.inference_mode():  # grad mode is per thread
             if event is None:
-                self._score_now(positions, logp)
+                job()
                 return
             self.stream.wait_event(event)
             with torch.cuda.stream(self.stream):
-                self._score_now(positions, logp)
-            logp.record_stream(self.stream)  # its memory is not reused before this stream is done
-
-    def _score_now(self, positions: np.ndarray, logp: torch.Tensor) -> None:
-        if positions.size:
-            self.ctx.score(positions, logp)
+                job()  # the rows' memory waits for this stream (EvalContext._settle)
 
     def __enter__(self) -> "HostScorer":
         return self

@@ -14,6 +14,13 @@ so every document is computed in the same batch whatever the number of processes
 canonical order in which an n-gram cache learns is the queue's: segment, batch, chunk
 step, document in the batch, position (`batch_positions`, `TTT.learning_order`); the
 node's one cache learns in it, so scores do not depend on the rank count.
+
+Overlap: each chunk step's rows go to a host thread (evalkit/engine/overlap.py) that runs
+the n-gram cache and the ledger's numbers while this thread trains on the chunk and runs
+the next forward. Legal because the ledger fixes a chunk's scores when the engine holds
+its own copy of the rows: a score is a function of those rows (made before any step on
+the chunk) and of the cache's state from earlier positions only, so the step cannot
+change it; learning is allowed once fixed (evalkit/engine/ledger.py).
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 
 from evalkit.engine.dist import barrier
+from evalkit.engine.overlap import HostScorer
 from evalkit.errors import EvalkitError
 from evalkit.model.lora import AdapterSet, parse_targets
 from evalkit.strategies.registry import Strategy, register
@@ -107,9 +115,12 @@ def chunk_log_probs(ctx, wins: list[tuple[int, int, int]]) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def doc_batch(ctx, opts: argparse.Namespace, adapters: AdapterSet, docs: list[Doc]) -> Iterator[np.ndarray]:
+def doc_batch(ctx, opts: argparse.Namespace, adapters: AdapterSet, docs: list[Doc],
+              host: HostScorer) -> Iterator[np.ndarray]:
     """Score-first TTT over one batch of documents (longest first); yields the positions
-    scored at each chunk step, after that step's optimizer update."""
+    scored at each chunk step, after that step's optimizer update. Each step's rows go to
+    `host`, which fixes their scores at once (the ledger holds a copy of the rows) and
+    computes them on its thread while the adapters train on the chunk."""
     seed = getattr(opts, "seed", 0)
     adapters.reset_rows(list(range(len(docs))), [seed * 1_000_003 + d[0] for d in docs], opts.ttt_warm_a)
     opt = make_optimizer(adapters.parameters(), opts)
@@ -122,8 +133,8 @@ def doc_batch(ctx, opts: argparse.Namespace, adapters: AdapterSet, docs: list[Do
             with torch.set_grad_enabled(bool(learners)):
                 logp = chunk_log_probs(ctx, wins)
             positions = [np.arange(cs, ce, dtype=np.int64) for _, cs, ce in wins]
-            ctx.score(np.concatenate(positions),
-                      torch.cat([logp[j, :p.size].detach() for j, p in enumerate(positions)]))
+            host.submit(np.concatenate(positions),
+                        torch.cat([logp[j, :p.size].detach() for j, p in enumerate(positions)]))
             if learners:
                 train_steps(ctx, opts, opt, wins, logp, learners, positions)
             yield np.concatenate(positions)
@@ -136,7 +147,7 @@ def train_steps(ctx, opts, opt, wins, logp, learners: list[int], positions: list
     tgt = torch.zeros((len(learners), C), dtype=torch.long, device=ctx.device)
     mask = torch.zeros((len(learners), C), dtype=torch.float32, device=ctx.device)
     for i, j in enumerate(learners):
-        toks = ctx.tokens_for_learning(positions[j])  # the ledger vouches these are scored
+        toks = ctx.tokens_for_learning(positions[j])  # the ledger vouches their scores are fixed
         tgt[i, :toks.size] = torch.from_numpy(toks.astype(np.int64)).to(ctx.device)
         mask[i, :toks.size] = 1.0 / toks.size
     sel = torch.tensor(learners, device=ctx.device)
@@ -265,25 +276,26 @@ class TTT(Strategy):
         self._lengths(ctx)
         queue = plan_queue(ctx.data.doc_starts, ctx.data.n_tokens, o.ttt_batch, self.phases)
         total = ctx.data.n_tokens - 1
-        with restoring_base(ctx.model), ctx.progress(total, ctx.strategy_name) as bar:
+        with restoring_base(ctx.model), ctx.progress(total, ctx.strategy_name) as bar, HostScorer(ctx) as host:
             adapters = self._adapters(ctx)
             # Every slot starts from a drawn A (what --ttt-warm-a then keeps).
             adapters.reset_rows(list(range(o.ttt_batch)), [getattr(o, "seed", 0) * 7919 - j - 1
                                                           for j in range(o.ttt_batch)])
             scored: list[tuple[list[Doc], int]] = []  # (batch, owner rank) fully scored so far
             for s, segment in enumerate(queue.segments):
-                self._segment(ctx, adapters, segment, queue, bar)
+                self._segment(ctx, adapters, segment, queue, bar, host)
                 scored += [(b, queue.owner(i, info.world_size)) for i, b in enumerate(segment)]
                 if s + 1 < len(queue.segments):
                     barrier(info)
                     global_phase(ctx, o, scored, s)
 
-    def _segment(self, ctx, adapters: AdapterSet, segment: list[list[Doc]], queue: Queue, bar) -> None:
-        """Score this rank's batches (the others' only move the progress bar)."""
+    def _segment(self, ctx, adapters: AdapterSet, segment: list[list[Doc]], queue: Queue, bar,
+                 host: HostScorer) -> None:
+        """Score this rank's batches through `host` (the others' only move the progress bar)."""
         info = ctx.info
         for k, batch in enumerate(segment):
             if queue.owner(k, info.world_size) == info.rank:
-                for positions in doc_batch(ctx, self.opts, adapters, batch):
+                for positions in doc_batch(ctx, self.opts, adapters, batch, host):
                     bar.update(positions.size)
             else:
                 bar.update(sum(hi - lo for _, lo, hi in batch))
