@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--plain-repeat", action="store_true")
     ap.add_argument("--no-cold-compile", action="store_true")
     ap.add_argument("--skip-kernel", action="store_true")
+    ap.add_argument("--skip-engine", action="store_true", help="kernel figures only (the last line is then the kernel's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -139,6 +140,9 @@ def main() -> None:
               "(linear in tokens: the table is presized from the stream length)")
         print(f"acted at {s['acted_frac']:.2%} of positions, hint right {s['hint_precision']:.1%}")
         del mixer
+    if args.skip_engine:
+        print(f"ngram_kernel_tokens_per_s {tps_cpu:.1f}")
+        return
     mixer, tps_cpu, tps_wall, nll = engine_run(toks, args.spec, args.vocab, args.batch)
     print(f"engine: {tps_cpu:,.0f} tokens per CPU-second ({tps_wall:,.0f} wall), batch {args.batch}, "
           f"mean nll {nll:.4f} on random rows; {load()}")
