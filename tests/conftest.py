@@ -1,10 +1,14 @@
 """Shared fixtures: the ../shared data beside the checkout and a tiny trained-free model."""
 from __future__ import annotations
 
+import datetime
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from evalkit.model.artifact import save_artifact
 from evalkit.model.gpt import GPT, GPTConfig
@@ -36,6 +40,21 @@ def random_model(cfg: GPTConfig, seed: int = 0) -> GPT:
             if p.ndim == 2:
                 p.normal_(std=0.08)
     return model.eval()
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback for one test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_gloo(rank: int, world: int, port: int, timeout_s: float | None = None) -> None:
+    """In a spawned test worker: one torch thread, then this rank's gloo process group."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    dist.init_process_group("gloo", rank=rank, world_size=world, **timeout)
 
 
 @pytest.fixture

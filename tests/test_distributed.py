@@ -1,19 +1,13 @@
 """2 gloo processes under torchrun give the one-process result, n-gram mixers included."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import SP1024, VAL1024, require_shared
+from tests.conftest import SP1024, VAL1024, free_port, require_shared
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_score(artifact, out, nproc, *extra):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from evalkit.engine.context import EvalData
 from evalkit.engine.dist import DistInfo, all_reduce_sum
 from evalkit.engine.loop import evaluate
 from evalkit.strategies.registry import build_strategy
-from tests.conftest import random_model, tiny_config
+from tests.conftest import free_port, join_gloo, random_model, tiny_config
 
 MIX, TILT = "mix:orders=2-4", "tilt:orders=2-4"
 TTT = ["--ttt-chunk", "8", "--ttt-context", "32", "--ttt-batch", "2", "--ttt-lr", "0.05"]
@@ -78,16 +77,9 @@ def case_nll(name: str, batch_windows: int, info: DistInfo, model=None) -> np.nd
     return all_reduce_sum(ledger.nll, info)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         info = DistInfo(rank, world, torch.device("cpu"))
         got = {f"{name}|{bw}": case_nll(name, bw, info) for name in CASES for bw in (4,)}
@@ -107,7 +99,7 @@ def test_nll_identical_for_every_batch_size_and_process_count(tmp_path):
         assert np.array_equal(got, want[name]), f"{name} --batch-windows {bw}: maxdiff {np.abs(got - want[name]).max()}"
     for world in (2, 4):
         out = tmp_path / f"world{world}.npz"
-        mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
         got = np.load(out)
         for key in got.files:
             name = key.split("|")[0]

@@ -9,9 +9,7 @@
 """
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import traceback
 
 import numpy as np
@@ -27,7 +25,7 @@ from evalkit.engine.fanout import evaluate_many
 from evalkit.engine.loop import evaluate, make_scorers
 from evalkit.errors import EvalkitError
 from evalkit.strategies.registry import build_strategy
-from tests.conftest import random_model, tiny_config
+from tests.conftest import free_port, join_gloo, random_model, tiny_config
 from tests.test_invariance import PHASES, phrase_data
 
 TILT, MIX = "tilt:orders=2-4", "mix:orders=2-4"
@@ -40,16 +38,10 @@ def run_case(strategy: str, flags: list[str], spec: str | None, info: DistInfo):
     return evaluate(model, phrase_data(), build_strategy(strategy, opts), info, spec, progress=False)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, world: int, port: int, shm: str, mode: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), EVALKIT_SHM_DIR=shm)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=90))
+    os.environ["EVALKIT_SHM_DIR"] = shm
+    join_gloo(rank, world, port, timeout_s=90)
     info = DistInfo(rank, world, torch.device("cpu"))
     got: dict = {}
     try:
@@ -133,7 +125,7 @@ def spawn(tmp_path, world: int, mode: str) -> list[dict]:
     shm = tmp_path / f"shm-{mode}"
     shm.mkdir()
     out = str(tmp_path / mode)
-    ctx = mp.spawn(_worker, args=(world, _port(), str(shm), mode, out), nprocs=world, join=False)
+    ctx = mp.spawn(_worker, args=(world, free_port(), str(shm), mode, out), nprocs=world, join=False)
     for p in ctx.processes:  # in rank order, each reaped as it ends (a dead owner is no zombie)
         p.join(120)
     codes = [p.exitcode for p in ctx.processes]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_distributed import free_port
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

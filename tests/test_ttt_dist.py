@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from evalkit.engine.dist import DistInfo
-from tests.conftest import random_model, tiny_config
+from tests.conftest import free_port, join_gloo, random_model, tiny_config
 from tests.test_ttt import run_ttt, synth_data
 
 LENS = (41, 30, 23, 9, 2, 17, 35, 12, 26)
@@ -20,16 +19,9 @@ CASES = {"plain": ("--ttt-batch", "2"),
          "phases": ("--ttt-batch", "2", "--ttt-phases", "3,6", "--ttt-phase-group", "2", "--ttt-phase-lr", "0.2")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         for name, argv in CASES.items():
             result, _ = run_ttt(*argv, data=synth_data(LENS), model=random_model(tiny_config()),
@@ -44,7 +36,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     # the phases really trained (else the second case would prove nothing new)
     assert np.abs(np.load(tmp_path / "phases.npy") - np.load(tmp_path / "plain.npy")).max() > 1e-4
     for name, argv in CASES.items():
