@@ -276,7 +276,7 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     # positions on are prefetched as position i is processed (memory overlaps the work; a
     # whole block's prefetches at once only queued behind each other)
     if start < n:
-        segment_keys(tokens, positions, start, min(start + BLOCK, n), 0, lo, hi, ck, pk)
+        segment_keys(tokens, positions, start, min(start + BLOCK, n), 0, hi, ck, pk)
         for j in range(start, min(start + AHEAD, n)):
             _prefetch_row(tab, ck, pk, positions, j, start, lo, hi)
     for a in range(start, n, BLOCK):
@@ -285,7 +285,7 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
             return NEED_ROOM, a
         base = ((a - start) // BLOCK) % 2 * BLOCK
         if b < n:
-            segment_keys(tokens, positions, b, min(b + BLOCK, n), BLOCK - base, lo, hi, ck, pk)
+            segment_keys(tokens, positions, b, min(b + BLOCK, n), BLOCK - base, hi, ck, pk)
         for i in range(a, b):
             t = positions[i]
             r = base + i - a
