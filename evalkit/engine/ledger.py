@@ -110,8 +110,7 @@ class Ledger:
 
     def check_unlearned(self, positions: np.ndarray, strategy: str) -> None:
         """Raise if the cache already learned any of `positions` (a score from that state
-        would have seen its own token); `EvalContext.score` asks before the mixer runs."""
-        positions = positions[(positions >= 0) & (positions < self.n_tokens)]  # range: record_scores says
+        would have seen its own token); `fix` asks, after checking their range."""
         learned = positions[self.cache_seq[positions] >= 0]
         if learned.size:
             raise LedgerViolation(f"C3 score before update: {strategy} scored position {int(learned[0])} after "
