@@ -8,13 +8,16 @@ token or per segment. Keys are computed a block of positions ahead (``table.segm
 and the slots of position i + AHEAD are prefetched while position i is processed: the
 prefetch addresses depend on the tokens only, never on the counts, so prefetching ahead of
 learning is exact. The hot loop works on reference-count-free views (``table.unmanaged``).
+Several orders walk and learn with ``seen_once`` (a context seen once is stored by where it
+was seen); a single order with ``walk_lazy`` and ``learn_lazy``.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from .table import (bump_ctx, bump_pair, find, get_ctx, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
+from .seen_once import learn_once, walk_once
+from .table import (find, get_ctx, find_or_insert, fix_key, get_counts, get_low, mix, put_counts,
                     prefetch_keys, rehash_kernel, segment_keys, seq_key, unmanaged, F10, F16, S42, S52, SEED,
                     SMALL_MAX, U64, WIDE, table_zeros)
 
@@ -22,6 +25,7 @@ __all__ = ["find", "get_counts", "get_low", "rehash_kernel", "seq_key", "table_z
 
 BLOCK = 128  # positions whose keys are computed together (room is checked per block)
 AHEAD = 16  # positions between a position's prefetch and its processing
+PREFETCH_DEPTH = 5  # context lengths prefetched past the shortest (several orders)
 OK, BAD_POSITION, NEED_ROOM = 0, -1, -2
 MIX, TILT, LEARN = 0, 1, 2  # what advance_kernel computes before learning each position
 
@@ -51,13 +55,11 @@ def claim_kernel(learned, n_tok, positions):
 
 @njit(cache=True, nogil=True)
 def context_walk(tab, side, ckeys, t, lo, hi, stat):
-    """Context statistics of position t for every order, prefix only (tokens[:t]).
+    """Context statistics of position t for a single order (lo == hi), prefix only.
 
     ckeys[L] = key of tokens[t-L..t-1]. Fills stat[0..3, L] = count, distinct, best count,
-    best token for context lengths L (order L+1) with count > 0 and returns the longest such L
-    (0 if none). Stops at the first unseen context: a longer context can only have been seen
-    where its suffix was (this prunes most probes on real text). The slow path's walk; the
-    online pass has its own (``walk_known``), which also reuses slots it already knows.
+    best token of the context (length L = hi - 1) when seen and returns L (0 if not seen).
+    The slow path's walk; several orders walk with ``seen_once.walk_once``.
     """
     best_L = 0
     for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
@@ -77,44 +79,36 @@ def context_walk(tab, side, ckeys, t, lo, hi, stat):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def walk_known(tab, side, ck, r, t, lo, hi, stat, cslot, pslot, contiguous):
-    """``context_walk`` of the online pass. Context slots it finds go to cslot[L] (-1: not
-    looked up or absent), for learning t without probing again; a position that follows the
-    previous one takes its contexts of length >= lo from that position's n-gram slots (the
-    same keys, learned just before, so present). Returns the longest seen context length."""
-    best_L = 0
-    stopped = False
-    for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-        if stopped:
-            cslot[L] = -1
-            continue
-        if contiguous and L >= lo:
-            s = pslot[L]
-        else:
-            s = find(tab, ck[r, L])
-        cslot[L] = s if s >= 0 else -1
-        if s < 0:
-            stopped = True
-            continue
-        c, d, b, tk = get_ctx(tab, side, s)
-        if c == 0:
-            stopped = True
-            continue
-        stat[0, L] = c
-        stat[1, L] = d
-        stat[2, L] = b
-        stat[3, L] = tk
-        best_L = L
-    return best_L
+def walk_lazy(tab, side, ck, r, t, hi, stat, cslot):
+    """``context_walk`` of a single order's online pass (context length hi - 1): the slot
+    goes to cslot (-1: absent) for learning t without probing again. Returns hi - 1 if the
+    context was seen, else 0."""
+    L = hi - 1
+    if L > t:
+        cslot[L] = -1
+        return 0
+    s = find(tab, ck[r, L])
+    cslot[L] = s if s >= 0 else -1
+    if s < 0:
+        return 0
+    c, d, b, tk = get_ctx(tab, side, s)
+    if c == 0:
+        return 0
+    stat[0, L] = c
+    stat[1, L] = d
+    stat[2, L] = b
+    stat[3, L] = tk
+    return L
 
 
 @njit(cache=True, nogil=True, inline="always")
-def wb_target(tab, side, unigram, total, vocab, a, pk, r, lo, best_L, stat, pfound, lazy):
+def wb_target(tab, side, unigram, total, vocab, a, pk, r, lo, best_L, stat, pfound):
     """Witten-Bell p(a | prefix); pk[r, L+1] = key of (context of length L, a). The n-gram
-    slots found go to pfound[L+1] (-1: absent) for learning t without probing again."""
+    slots found go to pfound[L+1] (-1: absent or not looked up) for learning t without
+    probing again."""
     p = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
-        if lazy and stat[0, L] == stat[2, L]:  # one continuation so far: its count is implied
+        if stat[0, L] == stat[2, L]:  # one continuation so far (or seen once): its count is implied
             pfound[L + 1] = -1
             p = ((stat[2, L] if a == stat[3, L] else 0) + p) / (stat[0, L] + 1)
             continue
@@ -198,50 +192,25 @@ def learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, walked):
     return new_main, new_side
 
 
-@njit(cache=True, nogil=True, inline="always")
-def learn_one(tab, side, unigram, tokens, t, lo, hi, ck, pk, r, cslot, pslot, pfound, contiguous,
-              walked, pknown, lazy):
-    """Learn the n-grams ending at t; returns (new main keys, new side entries).
-
-    walked: cslot holds the walk's context slots (-1 = unknown); else contexts of length >= lo
-    come from pslot when contiguous. pknown: n-gram lengths up to it have pfound slots.
-    lazy (single order): see ``learn_lazy``."""
-    x = np.int64(tokens[t])
-    unigram[x] += 1
-    if lazy:
-        return learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, walked)
-    new_main = 0
-    new_side = 0
-    # ctx roles tokens[t-L..t-1], L in [lo-1, hi-1]
-    for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-        if walked and cslot[L] >= 0:
-            continue
-        if contiguous and L >= lo:
-            cslot[L] = pslot[L]
-        else:
-            s, ins = find_or_insert(tab, ck[r, L])
-            new_main += ins
-            cslot[L] = s
-    # pair roles tokens[t-L+1..t], L in [lo, hi], whose context slot is cslot[L-1].
-    for L in range(lo, min(hi, t + 1) + 1):
-        cs = cslot[L - 1]
-        if L <= pknown and pfound[L] >= 0:
-            ps = pfound[L]
-        else:
-            ps, ins = find_or_insert(tab, pk[r, L])
-            new_main += ins
-        p, ns = bump_pair(tab, side, ps)
-        new_side += ns + bump_ctx(tab, side, cs, p, x)
-        pslot[L] = ps
-    return new_main, new_side
+@njit(cache=True, nogil=True)
+def worst_new_keys(lo, hi):
+    """Most new slots (main or side table) learning one position can take: a single order's
+    lazy learn takes 3; several orders take one n-gram per context length, and a split
+    (seen_once.split) a context and two n-grams per length plus two contexts seen once."""
+    if lo == hi:
+        return 3
+    return 3 * (hi - max(lo - 1, 1)) + 2
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_row(tab, ck, pk, positions, j, start, lo, hi):
-    """Prefetch what position positions[j] will touch (its keys: ring row of j)."""
+    """Prefetch what position positions[j] will touch (its keys: ring row of j). Several
+    orders touch the n-grams of the contexts seen twice or more, rarely more than
+    PREFETCH_DEPTH lengths; a single order touches its two."""
     t = positions[j]
     fresh = j == start or positions[j - 1] + 1 != t
-    prefetch_keys(tab, ck, pk, (j - start) % (2 * BLOCK), t, fresh, lo, hi)
+    top = hi if lo == hi else min(hi, max(lo - 1, 1) + PREFETCH_DEPTH)
+    prefetch_keys(tab, ck, pk, (j - start) % (2 * BLOCK), t, fresh, lo, top)
 
 
 @njit(cache=True, nogil=True)
@@ -265,8 +234,8 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     out_i, out_f = unmanaged(out_i), unmanaged(out_f)
     n = positions.shape[0]
     lazy = lo == hi  # single order: n-gram entries only for contexts with 2+ continuations
-    worst_main = (hi - 1 - max(lo - 1, 1) + 1) + (hi - lo + 1) + (1 if lazy else 0)
-    worst_side = 2 * (hi - lo + 1) + (1 if lazy else 0)
+    lmin = max(lo - 1, 1)  # shortest context length
+    worst = worst_new_keys(lo, hi)
     cslot = slots[0]
     pslot = slots[1]
     pfound = slots[2]
@@ -281,7 +250,7 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
             _prefetch_row(tab, ck, pk, positions, j, start, lo, hi)
     for a in range(start, n, BLOCK):
         b = min(a + BLOCK, n)
-        if learn and (meta[0] + worst_main * (b - a) > meta[3] or meta[1] + worst_side * (b - a) > meta[4]):
+        if learn and (meta[0] + worst * (b - a) > meta[3] or meta[1] + worst * (b - a) > meta[4]):
             return NEED_ROOM, a
         base = ((a - start) // BLOCK) % 2 * BLOCK
         if b < n:
@@ -293,26 +262,34 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
                 _prefetch_row(tab, ck, pk, positions, i + AHEAD, start, lo, hi)
             contiguous = learn and t == prev_t + 1  # pslot holds t-1's n-gram slots
             pknown = 0
-            if kind != LEARN:
-                best_L = walk_known(tab, side, ck, r, t, lo, hi, stat, cslot, pslot, contiguous)
-                if kind == MIX:
-                    if best_L > 0:
-                        out_i[i] = stat[3, best_L]
-                        out_f[i, 0] = stat[0, best_L]
-                        out_f[i, 1] = wb_target(tab, side, unigram, meta[2], vocab, np.int64(tokens[t]),
-                                                pk, r, lo, best_L, stat, pfound, lazy)
-                        pknown = best_L + 1
-                    else:
-                        out_i[i] = -1
-                        out_f[i, 0] = 0.0
-                        out_f[i, 1] = 0.0
+            best_L, M, q = 0, 0, np.int64(-1)
+            if not lazy:  # learning needs the walk too: where the seen-twice contexts end
+                best_L, M, q = walk_once(tab, side, tokens, ck, r, t, lmin, hi, stat, cslot, pslot, contiguous)
+            elif kind != LEARN:
+                best_L = walk_lazy(tab, side, ck, r, t, hi, stat, cslot)
+            if kind == MIX:
+                if best_L > 0:
+                    out_i[i] = stat[3, best_L]
+                    out_f[i, 0] = stat[0, best_L]
+                    out_f[i, 1] = wb_target(tab, side, unigram, meta[2], vocab, np.int64(tokens[t]),
+                                            pk, r, lo, best_L, stat, pfound)
+                    pknown = best_L + 1
                 else:
-                    h, f = tilt_choice(stat, best_L, lo, tau, const)
-                    out_i[i] = h
-                    out_f[i, 0] = f
+                    out_i[i] = -1
+                    out_f[i, 0] = 0.0
+                    out_f[i, 1] = 0.0
+            elif kind == TILT:
+                h, f = tilt_choice(stat, best_L, lo, tau, const)
+                out_i[i] = h
+                out_f[i, 0] = f
             if learn:
-                nm, ns = learn_one(tab, side, unigram, tokens, t, lo, hi, ck, pk, r, cslot, pslot,
-                                   pfound, contiguous, kind != LEARN, pknown, lazy)
+                x = np.int64(tokens[t])
+                unigram[x] += 1
+                if lazy:
+                    nm, ns = learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, kind != LEARN)
+                else:
+                    nm, ns = learn_once(tab, side, tokens, t, x, lmin, hi, ck, pk, r, cslot, pslot, pfound,
+                                        pknown, M, q)
                 meta[0] += nm
                 meta[1] += ns
                 meta[2] += 1
@@ -324,15 +301,19 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
 def wb_full_kernel(tab, side, unigram, total, vocab, tokens, t, lo, hi, out):
     """Slow path: the whole Witten-Bell distribution (vocab,) at t; returns (best_L, C)."""
     stat = np.zeros((4, hi + 1), np.int64)
-    ckeys = np.zeros(hi + 1, np.uint64)
+    ck = np.zeros((1, hi + 1), np.uint64)
     for L in range(1, min(hi - 1, t) + 1):
-        ckeys[L] = seq_key(tokens, t - 1, L)
-    best_L = context_walk(tab, side, ckeys, t, lo, hi, stat)
+        ck[0, L] = seq_key(tokens, t - 1, L)
+    if lo == hi:
+        best_L = context_walk(tab, side, ck[0], t, lo, hi, stat)
+    else:
+        slots = np.full((2, hi + 1), -1, np.int64)
+        best_L, _, _ = walk_once(tab, side, tokens, ck, 0, t, max(lo - 1, 1), hi, stat, slots[0], slots[1], False)
     for a in range(vocab):
         out[a] = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):
         T = stat[1, L]
-        if lo == hi and stat[0, L] == stat[2, L]:  # single order, one continuation: implied counts
+        if stat[0, L] == stat[2, L]:  # one continuation so far (or seen once): implied counts
             for a in range(vocab):
                 out[a] = ((stat[2, L] if a == stat[3, L] else 0) + out[a]) / (stat[0, L] + 1)
             continue

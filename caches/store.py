@@ -3,20 +3,22 @@
 Orders lo..hi (order n = n-1 context tokens + the next token). For every stored sequence the
 table keeps its count as an n-gram, its count as a context, the number of distinct
 continuations (Witten-Bell's T(h), +1 when a (ctx, next) count goes 0 -> 1) and the argmax
-continuation with its count (the tilt's hint, O(1)). See ``table`` for the slot layout.
-Tables grow (rehash at ``max_load``) and never drop an entry, so every count is exact.
+continuation with its count (the tilt's hint, O(1)). See ``table`` for the slot layout. With
+several orders only contexts seen twice or more are stored in full; a context seen once is
+stored by the position that followed it, and longer ones not at all (``seen_once``). A single
+order stores its n-grams lazily (``kernels.learn_lazy``). Tables grow (rehash at ``max_load``)
+and never drop an entry, so every count is exact.
 
 Sizing: with ``capacity=None`` (the mixer's default) ``bind`` sizes the table from the stream
-length for the key lengths in use. Orders lo..hi store sequences of lengths max(lo-1, 1)..hi
-(contexts of length lo-1..hi-1, n-grams of length lo..hi: two roles per order, shared where
-an n-gram of one order is the context of the next), and a length-L sequence is new at a
-fraction NOVEL[L] of positions (measured on the shared FineWeb streams, the larger of sp1024
-and sp8192: long sequences are almost all new, short ones saturate). Capacity = tokens x sum
-NOVEL[L] / max_load (+5%): orders 2-11 ~10.8 slots (172 B) per token. A single order
-stores n-grams lazily (kernels.learn_lazy): ~1 key, ~1.4 slots (23 B) per token. Why: growing
-from a small table rehashes every key ~2x and faults in ~3x the final memory, which cost
-more CPU than all the scoring. A stream
-with more novel sequences still grows (x1.5). An explicit capacity keeps the grow path.
+length: tokens x keys per token / max_load (+5%). Several orders store a context seen once by
+where it was seen (``seen_once``): measured on the shared FineWeb stream (sp1024, permuted
+repeats, 2M and 10M tokens) orders 2-6 take 1.55 keys per token, 2-11 2.0, 2-16 2.15, so
+SEEN_ONCE_KEYS = 2.2 (~44 B per token at max_load 0.8). A single order stores n-grams lazily
+(kernels.learn_lazy): ~1 key, ~1.4 slots (23 B) per token, from NOVEL (the fraction of
+positions where a sequence of length L is new, the larger of sp1024 and sp8192). Why presize:
+growing from a small table rehashes every key ~2x and faults in ~3x the final memory, which
+cost more CPU than all the scoring. A stream with more keys still grows (x1.5); an explicit
+capacity keeps the grow path.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from . import kernels as K
 from .errors import CacheInputError
 
 MAX_VOCAB = 65535  # tokens and distinct-continuation counts are stored in 16 bits
+SEEN_ONCE_KEYS = 2.2  # keys per token, several orders (see Sizing)
 # fraction of positions where a sequence of length L (index) is new, FineWeb (see Sizing)
 NOVEL = (0.0, 0.02, 0.38, 0.71, 0.84, 0.90, 0.93, 0.95, 0.96, 0.97, 0.976, 0.981, 0.984, 0.986,
          0.988, 0.989, 0.991)
@@ -37,8 +40,8 @@ def presize_slots(n_tokens: int, lo: int, hi: int, max_load: float) -> int:
     """Slots for a stream of n_tokens at orders lo..hi (see Sizing)."""
     if lo == hi:  # single order: contexts, and n-grams only of contexts with 2+ continuations
         keys = n_tokens * (NOVEL[hi - 1] + 0.1)
-    else:
-        keys = n_tokens * sum(NOVEL[L] for L in range(max(lo - 1, 1), hi + 1))
+    else:  # contexts seen twice or more, their n-grams, contexts seen once at the boundary
+        keys = n_tokens * SEEN_ONCE_KEYS
     return max(1 << 16, int(1.05 * keys / max_load))
 
 
@@ -67,7 +70,12 @@ class NgramStore:
         if cap is None:
             cap = presize_slots(self.tokens.shape[0], self.lo, self.hi, self.max_load)
         self.tab = K.table_zeros(cap, 2)
-        self.side = K.table_zeros(1024, 3)
+        # room for one block's worst case, so that the first call does not grow it (the same
+        # memory whatever the call sizes)
+        side = 1024
+        while self.max_load * side < int(K.worst_new_keys(self.lo, self.hi)) * K.BLOCK:
+            side *= 2
+        self.side = K.table_zeros(side, 3)
         # [main entries, side entries, learned tokens, main limit, side limit]: the kernels
         # keep it current, so a call needs no Python-side bookkeeping.
         self.meta = np.zeros(5, np.int64)
@@ -97,8 +105,8 @@ class NgramStore:
 
     # -- growth ---------------------------------------------------------------------------
     def _grow(self, n_positions: int) -> None:
-        """Make room for 2 (hi - lo + 1) new keys per position in both tables."""
-        worst = 2 * (self.hi - self.lo + 2) * n_positions
+        """Make room for the most new keys n_positions can take (the kernel's own bound)."""
+        worst = int(K.worst_new_keys(self.lo, self.hi)) * n_positions
         cap = self.tab.shape[0]
         if self.n_main + worst > self.max_load * cap:
             new_cap = cap
@@ -152,10 +160,24 @@ class NgramStore:
     def lookup(self, seq) -> tuple[int, int, int, int, int]:
         """(pair count, ctx count, distinct continuations, best token, best count) of a sequence."""
         arr = np.asarray(seq, dtype=np.uint16)
-        if self.lo == self.hi == arr.shape[0]:  # single order: an n-gram's count may be implied
+        m = arr.shape[0]
+        if self.lo == self.hi == m:  # single order: an n-gram's count may be implied
             _, c, _, tk, b = self.lookup(arr[:-1])
             if c and c == b:
                 return (b if int(arr[-1]) == tk else 0), 0, 0, 0, 0
+        if self.lo == self.hi:
+            return self._slot_fields(arr)
+        pair = 0
+        if max(self.lo - 1, 1) < m:  # as an n-gram: from its context's fields (seen_once)
+            c, _, tk, b = self._context(arr[:-1])
+            if c and c == b:
+                pair = b if int(arr[-1]) == tk else 0
+            elif c:
+                pair = self._slot_fields(arr)[0]
+        c, d, tk, b = self._context(arr) if m < self.hi else (0, 0, 0, 0)
+        return pair, c, d, tk, b
+
+    def _slot_fields(self, arr: np.ndarray) -> tuple[int, int, int, int, int]:
         key = K.seq_key(arr, arr.shape[0] - 1, arr.shape[0])
         s = K.find(self.tab, np.uint64(key))
         if s < 0:
@@ -164,6 +186,22 @@ class NgramStore:
         d, tk = K.get_low(self.tab, s)
         return int(p), int(c), int(d), int(tk), int(b)
 
+    def _context(self, arr: np.ndarray) -> tuple[int, int, int, int]:
+        """(count, distinct, best token, best count) of arr as a context (several orders):
+        walk its suffixes from the shortest length in use, as ``seen_once.walk_once`` does."""
+        m = arr.shape[0]
+        for L in range(max(self.lo - 1, 1), m + 1):
+            _, c, d, tk, b = self._slot_fields(arr[m - L:])
+            if c == 0:
+                return 0, 0, 0, 0
+            if c == 1:  # seen once, followed by position q: arr too iff the tokens agree
+                key = K.seq_key(arr[m - L:], L - 1, L)
+                q = int(self.tab[K.find(self.tab, np.uint64(key)), 1] & np.uint64(0xFFFFFFFF))
+                same = q >= m and np.array_equal(self.tokens[q - m:q], arr)
+                return (1, 1, int(self.tokens[q]), 1) if same else (0, 0, 0, 0)
+            if L == m:
+                return c, d, tk, b
+        return 0, 0, 0, 0
     def memory_bytes(self) -> int:
         """Bytes held by the store (tables, unigram, learned-position map); not the tokens."""
         return int(self.tab.nbytes + self.side.nbytes + self.unigram.nbytes + self.learned.nbytes)

@@ -11,6 +11,9 @@ bytes, the key and all its counts in one cache line, array-of-structs as uint64 
         bits 42..51 ctx       count of the sequence as a context (followed by a learned position)
         bits 52..61 bc        count of best_tok after this context
         bit  63     wide      the three counts live in the side table instead (exact, 32 bits)
+    With several orders, a context whose ctx count is 1 keeps in bits 0..31 the learned
+    position q that followed it instead of best_tok and dist (both implied by q: see
+    ``seen_once``, which also says which sequences are stored at all).
 
 Counts are exact: when any of the three 10-bit counts would pass 1023 the slot is promoted
 to the side table ``side`` (uint64 (scap, 3): key, pair | ctx << 32, bc); only frequent short
@@ -289,14 +292,14 @@ def segment_keys(tokens, positions, a, b, r0, hi, ck, pk):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def prefetch_keys(tab, ck, pk, r, t, fresh, lo, hi):
-    """Prefetch the home buckets of every slot position t (keys in row r) will touch: its
-    contexts when ``fresh`` (else they are the previous position's n-grams, already asked
-    for) and its n-grams from length lo - 1 (the next position's shortest context)."""
+def prefetch_keys(tab, ck, pk, r, t, fresh, lo, top):
+    """Prefetch the home buckets of the slots position t (keys in row r) is likely to touch,
+    lengths max(lo - 1, 1)..top: its contexts when ``fresh`` (else they are the previous
+    position's n-grams, already asked for) and its n-grams."""
     if fresh:
-        for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
+        for L in range(max(lo - 1, 1), min(top - 1, t) + 1):
             prefetch_home(tab, ck[r, L])
-    for L in range(max(lo - 1, 1), min(hi, t + 1) + 1):
+    for L in range(max(lo - 1, 1), min(top, t + 1) + 1):
         prefetch_home(tab, pk[r, L])
 
 
