@@ -110,7 +110,9 @@ def wb_target(tab, side, unigram, total, vocab, a, pk, r, lo, best_L, stat, pfou
     for L in range(max(lo - 1, 1), best_L + 1):
         if stat[0, L] == stat[2, L]:  # one continuation so far (or seen once): its count is implied
             pfound[L + 1] = -1
-            p = ((stat[2, L] if a == stat[3, L] else 0) + p) / (stat[0, L] + 1)
+            c = (stat[2, L] if a == stat[3, L] else 0) + p
+            # seen once: / 2 is exact, so the product by 0.5 is the same number, ~4x faster
+            p = c * 0.5 if stat[0, L] == 1 else c / (stat[0, L] + 1)
             continue
         s = find(tab, pk[r, L + 1])
         # an absent n-gram reads the empty slot it would take, whose packed word is 0
