@@ -118,7 +118,8 @@ def main() -> None:
     ap.add_argument("--plain-repeat", action="store_true")
     ap.add_argument("--no-cold-compile", action="store_true")
     ap.add_argument("--skip-kernel", action="store_true")
-    ap.add_argument("--skip-engine", action="store_true", help="kernel figures only (the last line is then the kernel's)")
+    ap.add_argument("--skip-engine", action="store_true",
+                    help="kernel figures only (the last line is then the kernel's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
