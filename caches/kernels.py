@@ -53,36 +53,12 @@ def claim_kernel(learned, n_tok, positions):
     return -1
 
 
-@njit(cache=True, nogil=True)
-def context_walk(tab, side, ckeys, t, lo, hi, stat):
-    """Context statistics of position t for a single order (lo == hi), prefix only.
-
-    ckeys[L] = key of tokens[t-L..t-1]. Fills stat[0..3, L] = count, distinct, best count,
-    best token of the context (length L = hi - 1) when seen and returns L (0 if not seen).
-    The slow path's walk; several orders walk with ``seen_once.walk_once``.
-    """
-    best_L = 0
-    for L in range(max(lo - 1, 1), min(hi - 1, t) + 1):
-        s = find(tab, ckeys[L])
-        if s < 0:
-            break
-        p, c, b = get_counts(tab, side, s)
-        if c == 0:
-            break
-        d, tk = get_low(tab, s)
-        stat[0, L] = c
-        stat[1, L] = d
-        stat[2, L] = b
-        stat[3, L] = tk
-        best_L = L
-    return best_L
-
-
 @njit(cache=True, nogil=True, inline="always")
 def walk_lazy(tab, side, ck, r, t, hi, stat, cslot):
-    """``context_walk`` of a single order's online pass (context length hi - 1): the slot
-    goes to cslot (-1: absent) for learning t without probing again. Returns hi - 1 if the
-    context was seen, else 0."""
+    """Context statistics of position t for a single order (lo == hi; context length hi - 1),
+    ck[r, hi - 1] its key: stat[0..3, hi - 1] = count, distinct, best count, best token, and
+    the slot goes to cslot (-1: absent) for learning t without probing again. Returns hi - 1
+    if the context was seen, else 0. Several orders walk with ``seen_once.walk_once``."""
     L = hi - 1
     if L > t:
         cslot[L] = -1
@@ -306,10 +282,10 @@ def wb_full_kernel(tab, side, unigram, total, vocab, tokens, t, lo, hi, out):
     ck = np.zeros((1, hi + 1), np.uint64)
     for L in range(1, min(hi - 1, t) + 1):
         ck[0, L] = seq_key(tokens, t - 1, L)
+    slots = np.full((2, hi + 1), -1, np.int64)
     if lo == hi:
-        best_L = context_walk(tab, side, ck[0], t, lo, hi, stat)
+        best_L = walk_lazy(tab, side, ck, 0, t, hi, stat, slots[0])
     else:
-        slots = np.full((2, hi + 1), -1, np.int64)
         best_L, _, _ = walk_once(tab, side, tokens, ck, 0, t, max(lo - 1, 1), hi, stat, slots[0], slots[1], False)
     for a in range(vocab):
         out[a] = (unigram[a] + 1.0) / (total + vocab)

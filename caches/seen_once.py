@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .table import F16, F32, SEED, bump_ctx, bump_pair, find, find_or_insert, fix_key, get_counts, get_ctx, get_low, \
-    mix, put_counts, seq_key
+from .table import F16, F32, SEED, bump_ctx, bump_pair, find, find_or_insert, fix_key, get_counts, get_ctx, mix, \
+    put_counts, seq_key
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -97,14 +97,6 @@ def walk_once(tab, side, tokens, ck, r, t, lmin, hi, stat, cslot, pslot, contigu
 
 
 @njit(cache=True, nogil=True, inline="always")
-def bump_by(tab, side, s, k):
-    """pair count of slot s += k (its other fields kept); returns new side entries."""
-    p, c, b = get_counts(tab, side, s)
-    d, tk = get_low(tab, s)
-    return put_counts(tab, side, s, p + k, c, b, d, tk)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot):
     """The context of length M at t was seen once, at q: every context t and q share becomes
     explicit with count 2 and both continuations; the first pair that differs is stored as
@@ -125,15 +117,16 @@ def split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot):
         ps, ins = find_or_insert(tab, pk[r, L + 1])
         new_main += ins
         p, _, _ = get_counts(tab, side, s)
+        _, ns = bump_pair(tab, side, ps)  # (context, x): 0 -> 1, the field untouched before
+        new_side += ns
         if x == xq:
-            new_side += bump_by(tab, side, ps, 2)
-            new_side += put_counts(tab, side, s, p, 2, 2, 1, xq)
+            _, ns = bump_pair(tab, side, ps)
+            new_side += ns + put_counts(tab, side, s, p, 2, 2, 1, xq)
         else:
-            new_side += bump_by(tab, side, ps, 1)
             qs, ins = find_or_insert(tab, fix_key(h))
+            _, ns = bump_pair(tab, side, qs)
             new_main += ins
-            new_side += bump_by(tab, side, qs, 1)
-            new_side += put_counts(tab, side, s, p, 2, 1, 2, xq)  # ties keep the first: xq
+            new_side += ns + put_counts(tab, side, s, p, 2, 1, 2, xq)  # ties keep the first: xq
         pslot[L + 1] = ps
         L += 1
         if L > top or q - L < 0 or tokens[t - L] != tokens[q - L]:

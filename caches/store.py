@@ -28,6 +28,7 @@ import numpy as np
 
 from . import kernels as K
 from .errors import CacheInputError
+from .seen_once import seen_at
 
 MAX_VOCAB = 65535  # tokens and distinct-continuation counts are stored in 16 bits
 SEEN_ONCE_KEYS = 2.2  # keys per token, several orders (see Sizing)
@@ -166,42 +167,42 @@ class NgramStore:
             if c and c == b:
                 return (b if int(arr[-1]) == tk else 0), 0, 0, 0, 0
         if self.lo == self.hi:
-            return self._slot_fields(arr)
+            return self._slot_fields(arr)[1:]
         pair = 0
         if max(self.lo - 1, 1) < m:  # as an n-gram: from its context's fields (seen_once)
             c, _, tk, b = self._context(arr[:-1])
             if c and c == b:
                 pair = b if int(arr[-1]) == tk else 0
             elif c:
-                pair = self._slot_fields(arr)[0]
+                pair = self._slot_fields(arr)[1]
         c, d, tk, b = self._context(arr) if m < self.hi else (0, 0, 0, 0)
         return pair, c, d, tk, b
 
-    def _slot_fields(self, arr: np.ndarray) -> tuple[int, int, int, int, int]:
-        key = K.seq_key(arr, arr.shape[0] - 1, arr.shape[0])
-        s = K.find(self.tab, np.uint64(key))
+    def _slot_fields(self, arr: np.ndarray) -> tuple[int, int, int, int, int, int]:
+        """(slot or -1, pair, ctx, distinct, best token, best count) of a sequence's own slot."""
+        s = int(K.find(self.tab, np.uint64(K.seq_key(arr, arr.shape[0] - 1, arr.shape[0]))))
         if s < 0:
-            return 0, 0, 0, 0, 0
+            return -1, 0, 0, 0, 0, 0
         p, c, b = K.get_counts(self.tab, self.side, s)
         d, tk = K.get_low(self.tab, s)
-        return int(p), int(c), int(d), int(tk), int(b)
+        return s, int(p), int(c), int(d), int(tk), int(b)
 
     def _context(self, arr: np.ndarray) -> tuple[int, int, int, int]:
         """(count, distinct, best token, best count) of arr as a context (several orders):
         walk its suffixes from the shortest length in use, as ``seen_once.walk_once`` does."""
         m = arr.shape[0]
         for L in range(max(self.lo - 1, 1), m + 1):
-            _, c, d, tk, b = self._slot_fields(arr[m - L:])
+            s, _, c, d, tk, b = self._slot_fields(arr[m - L:])
             if c == 0:
                 return 0, 0, 0, 0
             if c == 1:  # seen once, followed by position q: arr too iff the tokens agree
-                key = K.seq_key(arr[m - L:], L - 1, L)
-                q = int(self.tab[K.find(self.tab, np.uint64(key)), 1] & np.uint64(0xFFFFFFFF))
+                q = int(seen_at(self.tab, s))
                 same = q >= m and np.array_equal(self.tokens[q - m:q], arr)
                 return (1, 1, int(self.tokens[q]), 1) if same else (0, 0, 0, 0)
             if L == m:
                 return c, d, tk, b
         return 0, 0, 0, 0
+
     def memory_bytes(self) -> int:
         """Bytes held by the store (tables, unigram, learned-position map); not the tokens."""
         return int(self.tab.nbytes + self.side.nbytes + self.unigram.nbytes + self.learned.nbytes)

@@ -4,7 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from caches import kernels as K
 from caches import parse_ngram_spec
+from caches.store import NgramStore
 from caches.predictors import row_entropy
 from caches.reference import RefNgram, mix_logp, tilt_logp
 
@@ -120,8 +122,6 @@ def test_seen_once_contexts_after_out_of_order_learning(lo, hi):
     stream in random order (so that position may lie before or after the one scored), every
     count, every aux (best context, hint, p_WB of the target) and the whole Witten-Bell
     distribution at the unlearned positions equal the reference's."""
-    from caches import kernels as K
-    from caches.store import NgramStore
     rng = np.random.default_rng(7)
     streams = [(rng.integers(0, 3, 2400).astype(np.uint16), 3), (shard_tokens(n=2400), 1024)]
     for toks, V in streams:
