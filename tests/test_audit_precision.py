@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.audit.bookkeeping import MIN_CYCLES, check_state
 from evalkit.audit.normalization import fast_tolerance
-from evalkit.audit.result import FAIL, NONDETERMINISTIC
+from evalkit.audit.result import FAIL, INCONCLUSIVE, NONDETERMINISTIC
 from evalkit.audit.runner import Options, audit
 from evalkit.audit.selftest import opts_for, synthetic_stream
-from evalkit.audit.subject import Subject
+from evalkit.audit.subject import Run, Subject
 from evalkit.engine.dist import DistInfo
+from evalkit.engine.ledger import Ledger
 from evalkit.strategies.registry import build_strategy
 from tests.conftest import random_model, tiny_config
 
@@ -67,3 +69,45 @@ def test_unnormalized_rows_fail_even_when_small() -> None:
     norm = next(c for c in result.checks if c.name == "normalization")
     assert norm.status == FAIL and "fast path" in norm.detail, norm.detail
     assert np.isfinite(fast_tolerance(8192))
+
+
+@pytest.mark.parametrize("mixer", ["mix:orders=2-11", "tilt:orders=2-11"])
+def test_a_cache_scored_in_few_calls_is_exercised(mixer) -> None:
+    """A whole stream scored in a handful of calls (a large --batch-windows, as on real
+    splits) still exercises a per-token cache: it learned thousands of positions before the
+    probes. Counting calls instead called this INCONCLUSIVE (a trained sp8192 model, 6 calls)."""
+    torch.set_num_threads(1)
+    model = scaled_model(1024)
+    opts = opts_for(["--batch-windows", "64"])  # 2048 positions a call: 6 calls, the stream is not grown
+    subject = Subject("sliding", lambda: build_strategy("sliding", opts), model,
+                      DistInfo(0, 1, torch.device("cpu")), mixer)
+    stream = lambda f: synthetic_stream(n_docs=4 * f, doc_len=3000 * f)[0]  # noqa: E731
+    result = audit(subject, stream, None, Options(effort=1, probes=32, max_targets=4))
+    rows = {c.name: c for c in result.checks}
+    calls = rows["state exercised"].trials[0]["learn_calls"]
+    print(f"{mixer}: {calls} learning calls; {rows['state exercised'].detail}")
+    assert result.factor == 1 and calls < 2 * MIN_CYCLES  # the median probe saw < MIN_CYCLES calls
+    bad = [f"{c.name} {c.status}: {c.detail}" for c in result.checks if c.status in (FAIL, INCONCLUSIVE)]
+    assert not bad, bad
+    assert "positions learned by the n-gram cache" in rows["state exercised"].detail
+
+
+def test_adapter_learning_counts_calls_not_cache_steps() -> None:
+    """An adapter that learned in 2 calls before the probes is not exercised, however many
+    positions a cache learned meanwhile: each kind of state is counted on its own."""
+    led = Ledger(400)
+    led.record_scores(np.arange(1, 200), np.zeros(199), "s")
+    led.check_learn(np.arange(1, 200), "s", cache=True)  # the cache: 199 positions, one call
+    led.check_learn(np.arange(1, 100), "s")  # an adapter: two calls
+    led.check_learn(np.arange(100, 200), "s")
+    led.record_scores(np.arange(200, 400), np.zeros(200), "s")
+    led.check_learn(np.arange(200, 400), "s", cache=True)
+    run = Run(led, mixer_stats=[{"acted": 10}])
+    probes_at = np.array([250, 300, 350])
+    res, learned = check_state(run, synthetic_stream(n_docs=2, doc_len=199)[0], probes_at)
+    assert learned is False and res.status == INCONCLUSIVE, res.detail
+    assert "2 learning calls; 299 positions learned by the n-gram cache" in res.detail, res.detail
+    for _ in range(4):  # adapter learning after the probes were scored does not count for them
+        led.check_learn(np.arange(1, 3), "s")
+    res, learned = check_state(run, synthetic_stream(n_docs=2, doc_len=199)[0], probes_at)
+    assert learned is False and "2 learning calls;" in res.detail, res.detail

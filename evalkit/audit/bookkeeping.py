@@ -118,34 +118,55 @@ def check_isolation(base: Run, doc_cases: list, data: EvalData, claimed: bool, a
 
 
 def learning_before(base: Run, positions: np.ndarray) -> np.ndarray:
-    """int (n,): learning calls the strategy made before each position was scored."""
-    ev = np.asarray(base.ledger.learn_events, dtype=np.int64)
-    return np.searchsorted(ev, base.ledger.score_event[positions])
+    """int (n,): learning calls other than the n-gram cache's (adapters, plug-in state) the
+    strategy made before each position was scored."""
+    led = base.ledger
+    ev = np.setdiff1d(np.asarray(led.learn_events, dtype=np.int64), np.asarray(led.cache_learn_events, np.int64))
+    return np.searchsorted(ev, led.score_event[positions])
 
 
 def check_state(base: Run, data: EvalData, targets: np.ndarray) -> tuple[CheckResult, bool | None]:
     """How often the state learned and acted before the probed positions. Returns the row
-    and `learned`: None for a stateless strategy (nothing to exercise), else whether every
-    cache/adapter took MIN_CYCLES learning steps before the median probed position."""
+    and `learned`: None for a stateless strategy (nothing to exercise), else whether each
+    kind of state present took MIN_CYCLES learning steps before the median probed position:
+    learning calls for adapters and other state, learned positions for the n-gram cache."""
     led = base.ledger
     calls = len(led.learn_events)
     has_mixer = bool(base.mixer_stats)
     stats = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in base.mixer_stats)
-    tried = "learning calls (ctx.after_scoring / tokens_for_learning) before the probed positions; mixer stats"
+    tried = ("learning calls (ctx.after_scoring / tokens_for_learning) and the n-gram cache's learned positions "
+             "before the probed positions; mixer stats")
     res = CheckResult("state exercised", "C1,C3", PASS, tried, positions=int(targets.size),
                       docs=docs_of(data, targets))
-    res.trials = [{"learn_calls": calls, "learned_positions": int((led.learn_count > 0).sum()),
-                   "mixers": base.mixer_stats}]
+    res.trials = [{"learn_calls": calls, "cache_learn_calls": len(led.cache_learn_events),
+                   "learned_positions": int((led.learn_count > 0).sum()), "mixers": base.mixer_stats}]
     if calls == 0 and not has_mixer:
         res.status, res.detail = NA, "stateless as far as the ledger sees: no learning calls, no mixer"
         return res, None
-    before = learning_before(base, targets) if targets.size else np.zeros(0, np.int64)
-    median = int(np.median(before)) if before.size else 0
+    medians = _median_steps(base, targets)
     acted = [s for s in base.mixer_stats if "acted" in s]
-    res.detail = (f"{calls} learning calls, {int((led.learn_count > 0).sum()):,} positions learned; "
-                  f"median probed position had {median} learning steps before it" + (f"; {stats}" if stats else ""))
-    if calls == 0 or median < MIN_CYCLES or (acted and all(int(s["acted"]) == 0 for s in acted)):
+    said = "; ".join(f"{m} {kind}" for kind, m in medians.items()) or "no learning steps"
+    res.detail = (f"{calls} learning calls, {int((led.learn_count > 0).sum()):,} positions learned; median probed "
+                  f"position had {said} before it" + (f"; {stats}" if stats else ""))
+    if not medians or min(medians.values()) < MIN_CYCLES or (acted and all(int(s["acted"]) == 0 for s in acted)):
         res.status = INCONCLUSIVE
         res.detail = "the state barely learned or never acted before the probes: " + res.detail
         return res, False
     return res, True
+
+
+def _median_steps(base: Run, targets: np.ndarray) -> dict[str, int]:
+    """Median learning steps before the probed positions, per kind of state that learned.
+    The n-gram cache's steps are the positions it learned before scoring each probe (its
+    timeline, ledger.cache_seq), not calls: it learns token by token inside a call (score t,
+    learn t, score t + 1), so one call over a whole split is thousands of steps."""
+    led = base.ledger
+    out = {}
+    if len(led.learn_events) > len(led.cache_learn_events):
+        before = learning_before(base, targets)
+        out["learning calls"] = int(np.median(before)) if before.size else 0
+    if (led.cache_seq >= 0).any():
+        steps = led.cache_seq[targets]
+        steps = steps[steps >= 0]  # -1: not scored through the cache
+        out["positions learned by the n-gram cache"] = int(np.median(steps)) if steps.size else 0
+    return out

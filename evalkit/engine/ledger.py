@@ -49,6 +49,7 @@ class Ledger:
     cache_seq: np.ndarray = field(init=False)  # int64 (N,)
     pending: np.ndarray = field(init=False)  # bool (N,) fixed, its NLL not yet computed (`settle`)
     learn_events: list[int] = field(default_factory=list)  # call number of each learning read (check_learn)
+    cache_learn_events: list[int] = field(default_factory=list)  # those of them by the n-gram cache (cache=True)
     warmups: list[dict] = field(default_factory=list)  # {"strategy", "source", "tokens"}
     _calls: int = 0  # score and learn calls so far, in the order they happened
     _scored: int = 0  # positions scored so far
@@ -128,6 +129,8 @@ class Ledger:
                                   "for learning before it was scored")
         self.learn_count[positions] += 1
         self.learn_events.append(self._calls)
+        if cache:
+            self.cache_learn_events.append(self._calls)
         self._calls += 1
         if cache:
             self._cache_learned(positions, strategy)
