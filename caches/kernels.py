@@ -54,13 +54,14 @@ def claim_kernel(learned, n_tok, positions):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def walk_lazy(tab, side, ck, r, t, hi, stat, cslot):
-    """Context statistics of position t for a single order (lo == hi; context length hi - 1),
+def walk_lazy(tab, side, ck, r, t, lim, hi, stat, cslot):
+    """Context statistics of position t for a single order (lo == hi; context length hi - 1,
+    none when longer than lim, the longest context t may use: see ``segment_keys``),
     ck[r, hi - 1] its key: stat[0..3, hi - 1] = count, distinct, best count, best token, and
     the slot goes to cslot (-1: absent) for learning t without probing again. Returns hi - 1
     if the context was seen, else 0. Several orders walk with ``seen_once.walk_once``."""
     L = hi - 1
-    if L > t:
+    if L > lim:
         cslot[L] = -1
         return 0
     s = find(tab, ck[r, L])
@@ -115,7 +116,7 @@ def tilt_choice(stat, best_L, lo, tau, const):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, walked):
+def learn_lazy(tab, side, tokens, t, x, lim, hi, ck, pk, r, cslot, walked):
     """Learn t with a single order (context length hi-1). Why lazy: on text most contexts of
     15 tokens are seen once or always continue the same way, and then every n-gram count is
     implied by the context's own fields (count C, best token, best count bc: the n-gram
@@ -124,7 +125,7 @@ def learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, walked):
     instead of 2, and one probe instead of two. Counts stay exact."""
     new_main = 0
     new_side = 0
-    if t + 1 < hi:
+    if lim + 1 < hi:  # no context of length hi - 1 at t
         return 0, 0
     L = hi - 1
     if walked and cslot[L] >= 0:
@@ -181,18 +182,18 @@ def worst_new_keys(lo, hi):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_row(tab, ck, pk, positions, j, start, lo, hi):
+def _prefetch_row(tab, ck, pk, positions, cstart, j, start, lo, hi):
     """Prefetch what position positions[j] will touch (its keys: ring row of j). Several
     orders touch the n-grams of the contexts seen twice or more, rarely more than
     PREFETCH_DEPTH lengths; a single order touches its two."""
     t = positions[j]
     fresh = j == start or positions[j - 1] + 1 != t
     top = hi if lo == hi else min(hi, max(lo - 1, 1) + PREFETCH_DEPTH)
-    prefetch_keys(tab, ck, pk, (j - start) % (2 * BLOCK), t, fresh, lo, top)
+    prefetch_keys(tab, ck, pk, (j - start) % (2 * BLOCK), t - cstart[t], fresh, lo, top)
 
 
 @njit(cache=True, nogil=True)
-def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo, hi, kind,
+def advance_kernel(tab, side, unigram, meta, vocab, tokens, cstart, positions, start, lo, hi, kind,
                    tau, const, learn, ck, pk, stat, slots, out_i, out_f):
     """For i = start.. in order: aux of positions[i] from the current counts, then learn it.
 
@@ -201,6 +202,8 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     kind TILT: out_i = hint (-1: none), out_f[i, 0] = strength factor (tilt_choice).
     kind LEARN: learn only. learn=False: aux only, the state is not touched.
     meta = [entries, side entries, learned tokens, entry limit, side limit], kept current.
+    cstart[t]: the first position a context of t may reach back to (0 for the whole stream;
+    the document's start where documents may be scored out of stream order).
     Positions must have been claimed (claim_kernel). Returns (OK, n), or (NEED_ROOM, i):
     stopped before positions[i] because the next block might not fit; grow, call again from i.
     """
@@ -209,6 +212,7 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
         unmanaged(tokens)
     positions, ck, pk, stat, slots = unmanaged(positions), unmanaged(ck), unmanaged(pk), unmanaged(stat), \
         unmanaged(slots)
+    cstart = unmanaged(cstart)
     out_i, out_f = unmanaged(out_i), unmanaged(out_f)
     n = positions.shape[0]
     lazy = lo == hi  # single order: n-gram entries only for contexts with 2+ continuations
@@ -223,28 +227,30 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
     # positions on are prefetched as position i is processed (memory overlaps the work; a
     # whole block's prefetches at once only queued behind each other)
     if start < n:
-        segment_keys(tokens, positions, start, min(start + BLOCK, n), 0, hi, ck, pk)
+        segment_keys(tokens, cstart, positions, start, min(start + BLOCK, n), 0, hi, ck, pk)
         for j in range(start, min(start + AHEAD, n)):
-            _prefetch_row(tab, ck, pk, positions, j, start, lo, hi)
+            _prefetch_row(tab, ck, pk, positions, cstart, j, start, lo, hi)
     for a in range(start, n, BLOCK):
         b = min(a + BLOCK, n)
         if learn and (meta[0] + worst * (b - a) > meta[3] or meta[1] + worst * (b - a) > meta[4]):
             return NEED_ROOM, a
         base = ((a - start) // BLOCK) % 2 * BLOCK
         if b < n:
-            segment_keys(tokens, positions, b, min(b + BLOCK, n), BLOCK - base, hi, ck, pk)
+            segment_keys(tokens, cstart, positions, b, min(b + BLOCK, n), BLOCK - base, hi, ck, pk)
         for i in range(a, b):
             t = positions[i]
             r = base + i - a
             if i + AHEAD < n:
-                _prefetch_row(tab, ck, pk, positions, i + AHEAD, start, lo, hi)
+                _prefetch_row(tab, ck, pk, positions, cstart, i + AHEAD, start, lo, hi)
             contiguous = learn and t == prev_t + 1  # pslot holds t-1's n-gram slots
             pknown = 0
             best_L, M, q = 0, 0, np.int64(-1)
+            lim = t - cstart[t]  # the longest context t may use
             if not lazy:  # learning needs the walk too: where the seen-twice contexts end
-                best_L, M, q = walk_once(tab, side, tokens, ck, r, t, lmin, hi, stat, cslot, pslot, contiguous)
+                best_L, M, q = walk_once(tab, side, tokens, cstart, ck, r, t, lim, lmin, hi, stat, cslot, pslot,
+                                         contiguous)
             elif kind != LEARN:
-                best_L = walk_lazy(tab, side, ck, r, t, hi, stat, cslot)
+                best_L = walk_lazy(tab, side, ck, r, t, lim, hi, stat, cslot)
             if kind == MIX:
                 if best_L > 0:
                     out_i[i] = stat[3, best_L]
@@ -264,10 +270,10 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
                 x = np.int64(tokens[t])
                 unigram[x] += 1
                 if lazy:
-                    nm, ns = learn_lazy(tab, side, tokens, t, x, hi, ck, pk, r, cslot, kind != LEARN)
+                    nm, ns = learn_lazy(tab, side, tokens, t, x, lim, hi, ck, pk, r, cslot, kind != LEARN)
                 else:
-                    nm, ns = learn_once(tab, side, tokens, t, x, lmin, hi, ck, pk, r, cslot, pslot, pfound,
-                                        pknown, M, q)
+                    nm, ns = learn_once(tab, side, tokens, cstart, t, x, lim, lmin, hi, ck, pk, r, cslot, pslot,
+                                        pfound, pknown, M, q)
                 meta[0] += nm
                 meta[1] += ns
                 meta[2] += 1
@@ -276,17 +282,19 @@ def advance_kernel(tab, side, unigram, meta, vocab, tokens, positions, start, lo
 
 
 @njit(cache=True, nogil=True)
-def wb_full_kernel(tab, side, unigram, total, vocab, tokens, t, lo, hi, out):
+def wb_full_kernel(tab, side, unigram, total, vocab, tokens, cstart, t, lo, hi, out):
     """Slow path: the whole Witten-Bell distribution (vocab,) at t; returns (best_L, C)."""
     stat = np.zeros((4, hi + 1), np.int64)
     ck = np.zeros((1, hi + 1), np.uint64)
-    for L in range(1, min(hi - 1, t) + 1):
+    lim = t - cstart[t]
+    for L in range(1, min(hi - 1, lim) + 1):
         ck[0, L] = seq_key(tokens, t - 1, L)
     slots = np.full((2, hi + 1), -1, np.int64)
     if lo == hi:
-        best_L = walk_lazy(tab, side, ck, 0, t, hi, stat, slots[0])
+        best_L = walk_lazy(tab, side, ck, 0, t, lim, hi, stat, slots[0])
     else:
-        best_L, _, _ = walk_once(tab, side, tokens, ck, 0, t, max(lo - 1, 1), hi, stat, slots[0], slots[1], False)
+        best_L, _, _ = walk_once(tab, side, tokens, cstart, ck, 0, t, lim, max(lo - 1, 1), hi, stat, slots[0],
+                                 slots[1], False)
     for a in range(vocab):
         out[a] = (unigram[a] + 1.0) / (total + vocab)
     for L in range(max(lo - 1, 1), best_L + 1):

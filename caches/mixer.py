@@ -169,9 +169,10 @@ class NgramMixer(NgramCombiner):
             raise CacheSpecError(f"--ngram {spec!r}: {e}") from None
         self._counts = np.zeros(3, np.int64)  # positions advanced, acted, hint right
 
-    def bind(self, tokens: np.ndarray) -> None:
-        """Bind the whole evaluation stream (uint16 or int64); starts from an empty cache."""
-        self.store.bind(tokens)
+    def bind(self, tokens: np.ndarray, context_start: np.ndarray | None = None) -> None:
+        """Bind the whole evaluation stream (uint16 or int64); starts from an empty cache.
+        context_start: see ``NgramStore.bind`` (None: contexts run across documents)."""
+        self.store.bind(tokens, context_start)
         self._counts[:] = 0
 
     def advance(self, positions: np.ndarray) -> Aux:

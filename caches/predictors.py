@@ -79,7 +79,7 @@ class WittenBellMixture:
         """(p_WB over the vocabulary, longest context length, its count) at position t."""
         p = np.empty(st.vocab_size, np.float64)
         best_L, C = K.wb_full_kernel(st.tab, st.side, st.unigram, st.total, st.vocab_size,
-                                     st.tokens, int(t), st.lo, st.hi, p)
+                                     st.tokens, st.context_start, int(t), st.lo, st.hi, p)
         return p, int(best_L), int(C)
 
 

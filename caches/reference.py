@@ -16,9 +16,11 @@ class RefNgram:
         self.uni = [0] * vocab_size
         self.total = 0
         self.tokens: list[int] = []
+        self.start: list[int] = []  # the first position a context of t may reach back to
 
-    def bind(self, tokens) -> None:
+    def bind(self, tokens, context_start=None) -> None:
         self.tokens = [int(x) for x in tokens]
+        self.start = [0] * len(self.tokens) if context_start is None else [int(c) for c in context_start]
 
     def update(self, positions) -> None:
         tk = self.tokens
@@ -29,7 +31,7 @@ class RefNgram:
             self.total += 1
             for n in range(self.lo, self.hi + 1):
                 k = n - 1
-                if k > t:
+                if k > t - self.start[t]:
                     break
                 h = tuple(tk[t - k:t])
                 c = self.pair.get(h + (x,), 0) + 1
@@ -46,7 +48,7 @@ class RefNgram:
         out = []
         for n in range(self.lo, self.hi + 1):
             k = n - 1
-            if k > t:
+            if k > t - self.start[t]:
                 break
             h = tuple(self.tokens[t - k:t])
             st = self.ctx.get(h)

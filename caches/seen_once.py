@@ -55,16 +55,17 @@ def fill_once(stat, L, x):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def walk_once(tab, side, tokens, ck, r, t, lmin, hi, stat, cslot, pslot, contiguous):
-    """Context statistics of position t (tokens[:t]) for lengths lmin.. into stat[0..3, L]
+def walk_once(tab, side, tokens, cstart, ck, r, t, lim, lmin, hi, stat, cslot, pslot, contiguous):
+    """Context statistics of position t (tokens[:t]) for lengths lmin..lim into stat[0..3, L]
     (count, distinct, best count, best token). ck[r, L] = key of tokens[t-L..t-1]; a position
-    that follows the previous one takes a context's slot from pslot when it is known.
+    that follows the previous one takes a context's slot from pslot when it is known. A
+    context of q reaches back to cstart[q] at most (see kernels.advance_kernel).
 
     Returns (best_L, M, q): best_L the longest seen context (0: none); M the first length
     whose context is seen at most once (top + 1 if none), q where it was seen (-1: never).
     cslot[L] holds the slots of lengths lmin..M-1 (and M when seen once)."""
     best_L = 0
-    top = min(hi - 1, t)
+    top = min(hi - 1, lim)
     L = lmin
     while L <= top:
         s = pslot[L] if contiguous and L > lmin else np.int64(-1)
@@ -84,7 +85,7 @@ def walk_once(tab, side, tokens, ck, r, t, lmin, hi, stat, cslot, pslot, contigu
                 fill_once(stat, j, x)
                 best_L = j
                 j += 1
-                if j > top or q - j < 0 or tokens[t - j] != tokens[q - j]:
+                if j > top or q - j < cstart[q] or tokens[t - j] != tokens[q - j]:
                     break
             return best_L, L, q
         stat[0, L] = c
@@ -97,13 +98,13 @@ def walk_once(tab, side, tokens, ck, r, t, lmin, hi, stat, cslot, pslot, contigu
 
 
 @njit(cache=True, nogil=True, inline="always")
-def split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot):
+def split(tab, side, tokens, cstart, t, x, lim, q, M, hi, ck, pk, r, cslot, pslot):
     """The context of length M at t was seen once, at q: every context t and q share becomes
     explicit with count 2 and both continuations; the first pair that differs is stored as
     seen once. Returns (new main keys, new side entries)."""
     new_main = 0
     new_side = 0
-    top = min(hi - 1, t)
+    top = min(hi - 1, lim)
     xq = np.int64(tokens[q])
     h = mix(SEED, xq)  # key of tokens[q-L..q] (the n-gram (context, xq)), grown with L
     for j in range(1, M + 1):
@@ -129,7 +130,7 @@ def split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot):
             new_side += ns + put_counts(tab, side, s, p, 2, 1, 2, xq)  # ties keep the first: xq
         pslot[L + 1] = ps
         L += 1
-        if L > top or q - L < 0 or tokens[t - L] != tokens[q - L]:
+        if L > top or q - L < cstart[q] or tokens[t - L] != tokens[q - L]:
             break
         h = mix(h, tokens[q - L])
     if L <= hi - 1:  # the first length where t's and q's contexts differ: each seen once
@@ -137,7 +138,7 @@ def split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot):
             s, ins = find_or_insert(tab, ck[r, L])
             new_main += ins
             new_side += set_seen_once(tab, side, s, t)
-        if q - L >= 0:
+        if q - L >= cstart[q]:
             s, ins = find_or_insert(tab, seq_key(tokens, q - 1, L))
             new_main += ins
             new_side += set_seen_once(tab, side, s, q)
@@ -145,12 +146,12 @@ def split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def learn_once(tab, side, tokens, t, x, lmin, hi, ck, pk, r, cslot, pslot, pfound, pknown, M, q):
+def learn_once(tab, side, tokens, cstart, t, x, lim, lmin, hi, ck, pk, r, cslot, pslot, pfound, pknown, M, q):
     """Learn t given ``walk_once``'s (M, q) and cslot. pfound[L+1] (L+1 <= pknown, >= 0): the
     slot of the n-gram (context of length L, x), already found. Returns (new main, new side)."""
     new_main = 0
     new_side = 0
-    top = min(hi - 1, t)
+    top = min(hi - 1, lim)
     for L in range(lmin, hi + 1):
         pslot[L] = -1
     for L in range(lmin, min(M, top + 1)):  # contexts seen twice or more
@@ -167,5 +168,5 @@ def learn_once(tab, side, tokens, t, x, lmin, hi, ck, pk, r, cslot, pslot, pfoun
     if q < 0:  # a context never seen: now seen once (longer ones follow from it)
         s, ins = find_or_insert(tab, ck[r, M])
         return new_main + ins, new_side + set_seen_once(tab, side, s, t)
-    nm, ns = split(tab, side, tokens, t, x, q, M, hi, ck, pk, r, cslot, pslot)
+    nm, ns = split(tab, side, tokens, cstart, t, x, lim, q, M, hi, ck, pk, r, cslot, pslot)
     return new_main + nm, new_side + ns

@@ -58,6 +58,7 @@ class NgramStore:
         self.max_load, self.growth = float(max_load), float(growth)
         self.initial_capacity = None if capacity is None else max(int(capacity), 16)
         self.tokens = np.zeros(0, np.uint16)
+        self.context_start = np.zeros(0, np.int64)
         # scratch of the kernels, allocated once (no per-call allocation): one block's keys
         # (ck contexts, pk n-grams), the learn slot rows, context statistics.
         self.ck = np.zeros((2 * K.BLOCK, self.hi + 1), np.uint64)
@@ -92,8 +93,13 @@ class NgramStore:
         self.meta[3] = int(self.max_load * self.tab.shape[0])
         self.meta[4] = int(self.max_load * self.side.shape[0])
 
-    def bind(self, tokens: np.ndarray) -> None:
-        """Bind the evaluation stream and start from an empty store."""
+    def bind(self, tokens: np.ndarray, context_start: np.ndarray | None = None) -> None:
+        """Bind the evaluation stream and start from an empty store. ``context_start``
+        (int64, one per token): the first position a context of position t may reach back to
+        (default 0: contexts run across documents, legal when documents are scored in stream
+        order). Where documents may be scored in another order, pass each target's document
+        start: a context then never reads a token of another document, which may not be
+        scored yet (tokens before it in its own document always are)."""
         arr = np.asarray(tokens)
         if arr.ndim != 1:
             raise CacheInputError(f"tokens must be 1-D, got shape {arr.shape}")
@@ -102,6 +108,15 @@ class NgramStore:
         if arr.size >= 1 << 32:
             raise CacheInputError("streams of 2^32 tokens or more overflow the 32-bit counts")
         self.tokens = np.ascontiguousarray(arr, dtype=np.uint16)  # no copy if already uint16
+        if context_start is None:
+            self.context_start = np.zeros(arr.size, np.int64)
+        else:
+            cs = np.ascontiguousarray(context_start, dtype=np.int64)
+            pos = np.arange(arr.size)
+            if cs.shape != arr.shape or bool(((cs < 0) | (cs > pos)).any()) or bool((np.diff(cs) < 0).any()):
+                raise CacheInputError("context_start must give, per token, a position 0 <= start <= t, "
+                                      "never decreasing")
+            self.context_start = cs
         self.reset()
 
     # -- growth ---------------------------------------------------------------------------
@@ -147,8 +162,8 @@ class NgramStore:
         start = 0
         while True:
             code, start = K.advance_kernel(self.tab, self.side, self.unigram, self.meta, self.vocab_size,
-                                           self.tokens, pos, start, self.lo, self.hi, kind, tau, const,
-                                           learn, self.ck, self.pk, self.stat, self._slots, out_i, out_f)
+                                           self.tokens, self.context_start, pos, start, self.lo, self.hi, kind,
+                                           tau, const, learn, self.ck, self.pk, self.stat, self._slots, out_i, out_f)
             if code != K.NEED_ROOM:
                 return out_i, out_f
             self._grow(K.BLOCK)
@@ -197,7 +212,7 @@ class NgramStore:
                 return 0, 0, 0, 0
             if c == 1:  # seen once, followed by position q: arr too iff the tokens agree
                 q = int(seen_at(self.tab, s))
-                same = q >= m and np.array_equal(self.tokens[q - m:q], arr)
+                same = q - m >= self.context_start[q] and np.array_equal(self.tokens[q - m:q], arr)
                 return (1, 1, int(self.tokens[q]), 1) if same else (0, 0, 0, 0)
             if L == m:
                 return c, d, tk, b
@@ -238,7 +253,7 @@ def warmup() -> float:
     st.run(np.arange(0, 150), K.MIX)
     st.run(np.arange(150, 200), K.TILT, 0.5, True)
     st.update(np.arange(200, 300))  # past the 64 slots: grows (rehash)
-    K.wb_full_kernel(st.tab, st.side, st.unigram, 8, 8, st.tokens, 5, 2, 3, np.zeros(8))
+    K.wb_full_kernel(st.tab, st.side, st.unigram, 8, 8, st.tokens, st.context_start, 5, 2, 3, np.zeros(8))
     out = np.zeros(2)
     K.entropy_kernel(np.zeros((2, 8), np.float32), out)
     K.entropy_kernel(np.zeros((2, 8), np.float64), out)

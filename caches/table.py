@@ -257,26 +257,30 @@ def unmanaged(typingctx, arr):
 
 
 @njit(cache=True, nogil=True)
-def segment_keys(tokens, positions, a, b, r0, hi, ck, pk):
+def segment_keys(tokens, cstart, positions, a, b, r0, hi, ck, pk):
     """Keys of positions[a:b] into rows r0.. of ck / pk (no table access).
 
     ck[r, L] = key of tokens[t-L..t-1] (contexts, L < hi), pk[r, L] = key of tokens[t-L+1..t]
-    (n-grams, L <= hi); 0 where the sequence would start before position 0. Why this shape:
-    pk of t at length L *is* ck of t+1 at length L, so a run of consecutive positions hashes
-    each suffix once (hi mixes per position, not 2 hi - 1). Row r0 - 1 must hold the keys of
-    positions[a - 1] unless r0 == 0 (then the first row is hashed in full).
+    (n-grams, L <= hi), for the lengths t may use: a context of t reaches back to cstart[t] at
+    most (0: the stream's start), so L <= lim = t - cstart[t] (0 past it when hashed afresh;
+    readers never look past lim). Why this shape: pk of t at length L *is* ck of t+1 at
+    length L, so a run of consecutive positions hashes each suffix once (hi mixes per
+    position, not 2 hi - 1); t+1's limit is at most t's + 1, so what it reuses is valid. Row
+    r0 - 1 must hold the keys of positions[a - 1] unless r0 == 0 (then the first row is
+    hashed in full).
     """
     prev = np.int64(-2) if a == 0 or r0 == 0 else positions[a - 1]
     for i in range(a, b):
         r = r0 + i - a
         t = positions[i]
+        lim = t - cstart[t]
         if t == prev + 1:
             for L in range(1, hi):
                 ck[r, L] = pk[r - 1, L]
         else:
             h = SEED
             for L in range(1, hi):
-                if L > t:
+                if L > lim:
                     ck[r, L] = U64(0)
                 else:
                     h = mix(h, tokens[t - L])
@@ -284,7 +288,7 @@ def segment_keys(tokens, positions, a, b, r0, hi, ck, pk):
         prev = t
         h = SEED
         for L in range(1, hi + 1):
-            if L - 1 > t:
+            if L - 1 > lim:
                 pk[r, L] = U64(0)
             else:
                 h = mix(h, tokens[t - L + 1])
@@ -292,14 +296,14 @@ def segment_keys(tokens, positions, a, b, r0, hi, ck, pk):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def prefetch_keys(tab, ck, pk, r, t, fresh, lo, top):
-    """Prefetch the home buckets of the slots position t (keys in row r) is likely to touch,
-    lengths max(lo - 1, 1)..top: its contexts when ``fresh`` (else they are the previous
-    position's n-grams, already asked for) and its n-grams."""
+def prefetch_keys(tab, ck, pk, r, lim, fresh, lo, top):
+    """Prefetch the home buckets of the slots a position (keys in row r, contexts up to lim
+    long) is likely to touch, lengths max(lo - 1, 1)..top: its contexts when ``fresh`` (else
+    they are the previous position's n-grams, already asked for) and its n-grams."""
     if fresh:
-        for L in range(max(lo - 1, 1), min(top - 1, t) + 1):
+        for L in range(max(lo - 1, 1), min(top - 1, lim) + 1):
             prefetch_home(tab, ck[r, L])
-    for L in range(max(lo - 1, 1), min(top, t + 1) + 1):
+    for L in range(max(lo - 1, 1), min(top, lim + 1) + 1):
         prefetch_home(tab, pk[r, L])
 
 

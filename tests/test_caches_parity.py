@@ -115,19 +115,30 @@ def test_counts_match_reference_noncontiguous_updates():
     assert st.unigram.tolist() == ref.uni
 
 
-@pytest.mark.parametrize("lo,hi", [(2, 11), (4, 9)])
-def test_seen_once_contexts_after_out_of_order_learning(lo, hi):
+def random_documents(n: int, rng) -> np.ndarray:
+    """context_start for documents of 5-80 tokens: each position's document start."""
+    starts = np.cumsum(rng.integers(5, 80, n))
+    starts = np.concatenate([[0], starts[starts < n]])
+    return starts[np.searchsorted(starts, np.arange(n), side="right") - 1].astype(np.int64)
+
+
+@pytest.mark.parametrize("docs", [False, True], ids=["stream", "doc-local"])
+@pytest.mark.parametrize("lo,hi", [(2, 11), (4, 9), (5, 5)])
+def test_seen_once_contexts_after_out_of_order_learning(lo, hi, docs):
     """Contexts seen once are stored by the position that followed them (caches/seen_once.py),
     and their longer contexts by comparing tokens with it. After learning a random half of a
     stream in random order (so that position may lie before or after the one scored), every
     count, every aux (best context, hint, p_WB of the target) and the whole Witten-Bell
-    distribution at the unlearned positions equal the reference's."""
+    distribution at the unlearned positions equal the reference's. doc-local: contexts stop
+    at each position's document start (short random documents), as where documents may be
+    scored out of stream order."""
     rng = np.random.default_rng(7)
     streams = [(rng.integers(0, 3, 2400).astype(np.uint16), 3), (shard_tokens(n=2400), 1024)]
     for toks, V in streams:
         st, ref = NgramStore(V, lo, hi, capacity=16), RefNgram(V, lo, hi)
-        st.bind(toks)
-        ref.bind(toks)
+        cstart = random_documents(toks.shape[0], rng) if docs else None
+        st.bind(toks, cstart)
+        ref.bind(toks, cstart)
         order = rng.permutation(toks.shape[0])
         for a in range(0, 1200, 97):
             st.update(order[a:min(a + 97, 1200)])
@@ -147,8 +158,9 @@ def test_seen_once_contexts_after_out_of_order_learning(lo, hi):
                 worst = max(worst, abs(out_f[i, 1] - ref.wb_prob(t, int(toks[t]))))
         for t in rest[:40].tolist():  # the slow path the audit reads
             full = np.zeros(V)
-            K.wb_full_kernel(st.tab, st.side, st.unigram, st.total, V, st.tokens, t, lo, hi, full)
+            K.wb_full_kernel(st.tab, st.side, st.unigram, st.total, V, st.tokens, st.context_start, t, lo, hi, full)
             picks = range(V) if V < 50 else rng.choice(V, 50, replace=False).tolist() + [int(toks[t])]
             worst = max(worst, max(abs(full[a] - ref.wb_prob(t, a)) for a in picks))
-        print(f"OK, maxdiff = {worst:.3e}  (orders {lo}-{hi}, V={V}, half learned out of order)")
+        print(f"OK, maxdiff = {worst:.3e}  (orders {lo}-{hi}, V={V}, half learned out of order, "
+              f"{'doc-local' if docs else 'stream'} contexts)")
         assert worst <= 1e-12
