@@ -67,3 +67,28 @@ def test_plugin_import_error_is_one_line(tmp_path, tiny_artifact, capsys) -> Non
     bad.write_text("import not_a_module_anywhere\n")
     assert main(_args(tiny_artifact, "--plugin", f"{bad}:S")) == 2
     assert "ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_self_test_on_an_artifact_and_real_text(tiny_artifact) -> None:
+    """--self-test with ARTIFACT --val --tokenizer: the gallery's cheats on that model and a
+    prefix of that split (FineWeb here), with the tokenizer's byte table for replacements."""
+    require_shared()
+    from evalkit.audit.command import build_parser
+    from evalkit.audit.selftest import _row, artifact_bench, run_matrix
+
+    bench = artifact_bench(build_parser().parse_args(_args(tiny_artifact)))
+    assert "tiny.ptz" in bench.label and bench.table is not None
+    assert bench.make_stream(1).source == bench.make_stream(2).source != "synthetic"
+    picked = {"sliding+mix", "TrainThenScore", "TargetKeyedBackoff"}
+    got = {label: _row(label, checks, entry.check if entry else None)
+           for label, entry, checks in run_matrix(picked, bench)}
+    assert set(got) == picked
+    assert all(ok for _, ok in got.values()), got
+
+
+@pytest.mark.parametrize("extra", [["--strategy", "ttt"], ["--ngram", "mix:orders=2-3"]])
+def test_self_test_refuses_a_strategy_flag(tiny_artifact, capsys, extra) -> None:
+    require_shared()
+    assert main(_args(tiny_artifact, "--self-test", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --self-test with " + extra[0]) and "Traceback" not in err

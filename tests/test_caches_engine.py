@@ -107,3 +107,36 @@ def test_result_reports_where_the_cache_acted():
     assert 0 < s["ngram_acted"] < 1 and 0 < s["ngram_hint_right"] <= 1
     plain, _ = evaluate(model, data, build_strategy("sliding", opts(16)), info, None, progress=False)
     assert "ngram_acted" not in plain.summary()
+
+
+def test_a_cache_stays_inside_its_document_unless_documents_are_scored_in_stream_order():
+    """Sliding scores in stream order: contexts run across a BOS. TTT scores documents
+    longest first: each target's contexts stop at its own document's BOS, so the first
+    targets of a document never read the one before it (not scored yet). The document
+    owning a BOS target is the one before it (EvalData.doc_of_target)."""
+    from evalkit.audit.selftest import opts_for
+    from evalkit.engine.loop import context_start
+
+    data = repeating_data()
+    assert context_start(data, build_strategy("sliding", opts(4))) is None
+    cs = context_start(data, build_strategy("ttt", opts_for([])))
+    t = np.arange(data.n_tokens)
+    assert (cs <= t).all() and (np.diff(cs) >= 0).all() and set(cs.tolist()) == set(data.doc_starts.tolist())
+    b = int(data.doc_starts[2])
+    assert cs[b] == data.doc_starts[1] and cs[b + 1] == b  # the BOS target reads its own document
+    # two streams that differ only in the tail of the document before b's: in one it repeats
+    # the tail before the first document's BOS, whose (tail, BOS) contexts the cache learned
+    s1 = int(data.doc_starts[1])
+    same, other = data.tokens.copy(), data.tokens.copy()
+    same[b - 4:b] = data.tokens[s1 - 4:s1]
+    other[b - 4:b] = 7
+    learned, scored = np.arange(1, s1 + 6), np.arange(b + 1, b + 4)
+    for starts, differ in ((cs, False), (None, True)):
+        aux = []
+        for toks in (same, other):
+            mixer = parse_ngram_spec(1024, "mix:orders=2-5")
+            mixer.bind(toks, starts)
+            mixer.learn(learned)
+            aux.append(mixer.advance(scored))
+        equal = np.array_equal(aux[0].out_i, aux[1].out_i) and np.array_equal(aux[0].out_f, aux[1].out_f)
+        assert equal is not differ, ("doc-local" if starts is not None else "stream", aux[0].out_f, aux[1].out_f)

@@ -8,7 +8,7 @@ per check: verdict, what was tried, how much, and on failure the rule, the posit
 (document, offset), what was changed and expected vs got. Exit 0 if nothing fails, 1 if
 a check FAILS, 3 if none fails but one is INCONCLUSIVE or NONDETERMINISTIC, 2 on bad
 input. `--self-test` audits the built-ins and the gallery (evalkit/audit/gallery) on a
-tiny model and prints the matrix.
+tiny model, or on ARTIFACT and a prefix of its split, and prints the matrix.
 `--score-fn FILE.py:NAME` audits any eval loop as a black box instead (audit/blackbox.py).
 """
 from __future__ import annotations
@@ -55,7 +55,8 @@ def build_parser(prog: str = "python -m evalkit.audit") -> argparse.ArgumentPars
                    help=f"cut each audited document to this many tokens (default {DEFAULT_DOC_TOKENS})")
     p.add_argument("--json", default=None, help="write every check, perturbation and outcome to this JSON file")
     p.add_argument("--self-test", action="store_true",
-                   help="alone: audit the built-ins and the gallery on a tiny model, print the matrix")
+                   help="audit every built-in and the gallery, print the matrix: alone on a tiny random model, "
+                        "or with ARTIFACT --val --tokenizer on that model and a prefix of that split")
     return p
 
 
@@ -118,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return black_box(black_box_parser().parse_args(argv))
         if "--self-test" in argv:
-            from evalkit.audit.selftest import main as self_test
+            from evalkit.audit.selftest import artifact_bench, main as self_test
 
-            return self_test([a for a in argv if a != "--self-test"])
+            rest = [a for a in argv if a != "--self-test"]  # alone: the tiny model; else ARTIFACT ...
+            return self_test(artifact_bench(build_parser().parse_args(rest)) if rest else None)
         return run(build_parser().parse_args(argv))
 
     return run_cli(body)

@@ -45,6 +45,11 @@ class EvalData:
     def n_tokens(self) -> int:
         return int(self.tokens.size)
 
+    def context_starts(self) -> np.ndarray:
+        """int64 (N,) the start (BOS) of the document owning each target: the tokens a
+        document-local context of that target may read (doc_of_target)."""
+        return self.doc_starts[self.doc_of_target()]
+
     def doc_of_target(self) -> np.ndarray:
         """int64 (N,) document index owning each target (position 0 -> document 0);
         a document owns its targets up to and including the next document's BOS."""

@@ -135,17 +135,29 @@ def make_scorers(model: GPT, data: EvalData, strategy, specs: list[str | None],
         raise EvalkitError(f"--ngram with {strategy.label} under torchrun: the strategy needs a "
                            "learning_order(data) method (the int64 positions in the order a cache learns them; "
                            "evalkit/strategies/plugins.py) so that one process per node can hold the table")
+    starts = context_start(data, strategy)
     if own:
-        return [(make_mixer(model, data, s), None) if s else (None, None) for s in specs]
+        return [(make_mixer(model, data, s, starts), None) if s else (None, None) for s in specs]
     if info.is_main:
         announce_compile()
-    tables = iter(nodetable.open_tables(wanted, model.cfg.vocab_size, data.tokens,
+    tables = iter(nodetable.open_tables(wanted, model.cfg.vocab_size, data.tokens, starts,
                                         lambda: strategy.learning_order(data), info, strategy.label))
     return [(None, next(tables)) if s else (None, None) for s in specs]
 
 
-def make_mixer(model: GPT, data: EvalData, spec: str | None):
-    """The n-gram mixer for `--ngram spec`, bound to the split (None without a spec)."""
+def context_start(data: EvalData, strategy) -> np.ndarray | None:
+    """How far back an n-gram context of each position may read: the whole stream (None)
+    for a strategy that scores documents in stream order (`scores_in_stream_order`), else
+    each target's own document. Why: a strategy that scores a document before the one in
+    front of it (TTT's longest-first queue, documents scored side by side in one batch) has
+    not yet scored that document's tail, so a context reaching into it would read tokens
+    before they are scored (the audit's suffix check caught it on real text)."""
+    return None if getattr(strategy, "scores_in_stream_order", False) else data.context_starts()
+
+
+def make_mixer(model: GPT, data: EvalData, spec: str | None, starts: np.ndarray | None = None):
+    """The n-gram mixer for `--ngram spec`, bound to the split (None without a spec);
+    `starts`: see `context_start`."""
     if not spec:
         return None
     from caches.mixer import parse_ngram_spec  # caches knows no torch; import on demand
@@ -155,7 +167,7 @@ def make_mixer(model: GPT, data: EvalData, spec: str | None):
     except ValueError as e:  # caches raises CacheSpecError(ValueError) for bad specs, already "--ngram SPEC: ..."
         raise EvalkitError(str(e)) from None
     announce_compile()
-    mixer.bind(data.tokens)
+    mixer.bind(data.tokens, starts)
     return mixer
 
 

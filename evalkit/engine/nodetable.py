@@ -330,9 +330,10 @@ def _passes(tables: list[NodeTable]) -> list[NodePass]:
     return list({id(t.shared): t.shared for t in tables if t is not None}.values())
 
 
-def open_tables(specs: list[str], vocab_size: int, tokens: np.ndarray, learning_order, info: DistInfo,
-                label: str) -> list[NodeTable]:  # label: the strategy's, for messages
-    """One NodeTable per spec (specs with equal `aux_key` share a pass); `learning_order()`
+def open_tables(specs: list[str], vocab_size: int, tokens: np.ndarray, starts: np.ndarray | None, learning_order,
+                info: DistInfo, label: str) -> list[NodeTable]:  # label: the strategy's, for messages
+    """One NodeTable per spec (specs with equal `aux_key` share a pass); `starts`: how far
+    back each position's contexts may read (loop.context_start); `learning_order()`
     gives the int64 positions in the order the cache learns them (called on owners only).
     Every rank calls this at the same point (it runs collectives); nothing starts yet."""
     from caches.mixer import parse_ngram_combiner, parse_ngram_spec  # caches knows no torch
@@ -355,8 +356,8 @@ def open_tables(specs: list[str], vocab_size: int, tokens: np.ndarray, learning_
                 for key, path in zip(keys, paths):
                     first = next(c for c in combiners if c.aux_key == key)
                     rows = AuxRows.create(tokens.shape[0], path)
-                    passes.append(_owner_pass(first, rows, order, tokens, f"{label}+{first.name}", vocab_size,
-                                              parse_ngram_spec))
+                    passes.append(_owner_pass(first, rows, order, tokens, starts, f"{label}+{first.name}",
+                                              vocab_size, parse_ngram_spec))
         except (EvalkitError, LedgerViolation, OSError, ValueError) as e:
             error = e
         _agree(error, info, "could not set up the node's n-gram table")
@@ -380,15 +381,15 @@ def open_tables(specs: list[str], vocab_size: int, tokens: np.ndarray, learning_
     return [NodeTable(c, by_key[c.aux_key], counts_here=info.rank == 0) for c in combiners]
 
 
-def _owner_pass(combiner, rows: AuxRows, order: np.ndarray, tokens: np.ndarray, label: str, vocab_size: int,
-                parse) -> NodePass:
+def _owner_pass(combiner, rows: AuxRows, order: np.ndarray, tokens: np.ndarray, starts: np.ndarray | None,
+                label: str, vocab_size: int, parse) -> NodePass:
     """The owner's side: the rows' steps and header, and the one bound table."""
     try:
         rows.step[:] = -1
         rows.step[order] = np.arange(order.size, dtype=np.int64)
         rows.head[:4] = (READY, 0, order.size, os.getpid())
         mixer = parse(vocab_size, combiner.spec)
-        mixer.bind(tokens)
+        mixer.bind(tokens, starts)
     except BaseException:
         rows.close()
         raise

@@ -39,6 +39,10 @@ class Strategy:
 
     name = ""
     fixed_model = False  # True: the model never changes while it runs, so one pass may feed several mixers
+    # True: documents are scored in stream order (every token before t is scored before t), so
+    # an n-gram context may run across a document boundary; False (the safe default): contexts
+    # stay inside their document (evalkit.engine.loop.context_start)
+    scores_in_stream_order = False
 
     def __init__(self, opts: argparse.Namespace):
         self.opts = opts

@@ -17,6 +17,7 @@ from evalkit.engine.windows import Window, plan_doc_isolated, plan_flat, plan_sl
 
 class WindowStrategy(Strategy):
     fixed_model = True  # windows only read the model: ablate feeds one pass to several mixers
+    scores_in_stream_order = True  # windows in stream order: an n-gram context may cross a BOS
 
     def plan(self, data) -> list[Window]:
         raise NotImplementedError

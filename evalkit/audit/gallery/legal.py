@@ -35,6 +35,7 @@ class ReorderedCall(Sliding):
 class DynamicDocOrder(Sliding):
     name = "gallery:dynamic-doc-order"
     claims_doc_isolation = True
+    scores_in_stream_order = False  # documents in a fresh random order: a cache keeps to each document
 
     @property
     def label(self) -> str:
