@@ -44,7 +44,7 @@ GALLERY = [
     GalleryEntry("hashed_ratio.py", "HashedRatioBigBatch", "normalization",
                  "hashed ratio updated every 256 windows (the disqualified author's batch)"),
     GalleryEntry("batch_weight.py", "BatchNormalizedWeight", "causality", "a mixing weight normalized over the batch"),
-    GalleryEntry("cross_doc_cache.py", "CrossDocCacheTTT", "causality",
+    GalleryEntry("cross_doc_cache.py", "CrossDocCacheTTT", "suffix",
                  "TTT with a cache context across a BOS (found by this audit)"),
     GalleryEntry("legal.py", "ReorderedCall", None, "legal: one call's positions in another order"),
     GalleryEntry("legal.py", "DynamicDocOrder", None, "legal: documents claimed in a fresh random order"),

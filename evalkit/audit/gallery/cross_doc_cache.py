@@ -1,4 +1,4 @@
-"""ILLEGAL (rules C1, C3): per-document TTT whose n-gram cache reads contexts across a BOS.
+"""ILLEGAL (rules C1, C4): per-document TTT whose n-gram cache reads contexts across a BOS.
 
 Found by evalkit's own audit (`--self-test` on a trained sp8192 model and FineWeb): TTT
 scores documents longest first, side by side in batches, so a document is often scored
@@ -6,7 +6,9 @@ before the one in front of it. A cache context that runs back across the BOS the
 the tail of that earlier document before it is scored, and the first targets' scores
 depend on it. Sliding windows score in stream order, where the same contexts are legal;
 evalkit's engine keeps a cache's contexts inside their document for any strategy that does
-not (Strategy.scores_in_stream_order). This entry claims stream order falsely.
+not (Strategy.scores_in_stream_order). This entry claims stream order falsely. The suffix
+check catches it (replacing every document's second half moves the next documents' first
+scores, fixed earlier); single-target and whole-document causality runs may miss it.
 """
 from __future__ import annotations
 
