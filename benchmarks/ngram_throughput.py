@@ -15,7 +15,14 @@ engine: ``EvalContext.score`` on batches of --batch positions, as a window strat
         combine, the ledger's record_scores and check_learn. The rows are one fixed random
         log-softmax block reused for every batch (the model forward is excluded).
 Figures are tokens per CPU-second of this thread (one core; immune to descheduling on a
-shared machine); wall figures and the load average are printed next to them. Compile time
+shared machine); wall figures and the load average are printed next to them.
+Memory warm-up: on a VM the first touch of a guest page the host has not backed yet costs
+~10 us (measured here: 240 MB in 0.67 s cold, 0.04 s once backed), 16x a page fault whose
+page is backed. A 10M-token run touches ~0.5 GB, so whether its pages happened to be
+backed moved the records preset's kernel between 2.3M and 4.7M tokens/s in back-to-back
+runs. So before any timing the script touches and frees --warm-gb of memory (the guest
+hands the same pages out again) and prints what that took; --warm-gb 0 measures the cold
+case. On a machine without this cost the warm-up changes nothing. Compile time
 (Numba, every kernel) is measured apart, cold in a fresh process and as loaded here.
 """
 from __future__ import annotations
@@ -72,6 +79,16 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
+def warm_memory(gb: float) -> str:
+    """Touch every page of gb GiB and free it: later allocations reuse host-backed pages."""
+    t0 = time.perf_counter()
+    buf = np.zeros(int(gb * 2**30), np.uint8)
+    buf[::4096] = 1
+    del buf
+    s = time.perf_counter() - t0
+    return f"memory warm-up: {gb:g} GiB touched and freed in {s:.2f} s ({s / (gb * 2**18) * 1e6:.2f} us per 4 KiB page)"
+
+
 def timed(fn):
     t0, c0 = time.perf_counter(), time.thread_time()
     out = fn()
@@ -117,15 +134,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024, help="positions per EvalContext.score call")
     ap.add_argument("--plain-repeat", action="store_true")
     ap.add_argument("--no-cold-compile", action="store_true")
+    ap.add_argument("--warm-gb", type=float, default=None,
+                    help="GiB to touch and free before timing (default: 120 bytes per token, at least 1)")
     ap.add_argument("--skip-kernel", action="store_true")
     ap.add_argument("--skip-engine", action="store_true",
                     help="kernel figures only (the last line is then the kernel's)")
     args = ap.parse_args()
+    warm = args.warm_gb if args.warm_gb is not None else max(1.0, 120 * args.tokens / 2**30)
+    if warm < 0:
+        ap.error("--warm-gb must be >= 0 (0 skips the memory warm-up)")
     torch.set_num_threads(1)
 
     if not args.no_cold_compile:
         print(f"compile_seconds_cold {cold_compile_seconds():.2f}  (all kernels, empty Numba cache)")
     print(f"compile_seconds_this_process {store.warmup():.2f}  (on-disk cache load if warm)")
+    if warm > 0:
+        print(warm_memory(warm))
     toks = load_stream(args.tokens, args.vocab, permute=not args.plain_repeat)
     print(f"stream {toks.shape[0]:,} tokens, sp{args.vocab}, "
           f"{'plain repeat' if args.plain_repeat else 'permuted repeats'}; spec {args.spec}")
