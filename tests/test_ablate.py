@@ -129,8 +129,8 @@ def test_projection_formula():
     one = estimate_forward_flops(cfg, FULL_SPLIT_TOKENS, 32) / (8 * 989e12 * 0.35)
     assert projected_8xh100_seconds(cfg, flat, 1000) == pytest.approx(one)
     assert projected_8xh100_seconds(cfg, sliding, 1000) == pytest.approx(4 * one)
-    # 2 s of mixer time over 1,000 tokens -> 2 * 62.02e6 / 1000 / 8 s on the full split.
-    # the node's one n-gram pass covers the whole split on one thread: not divided over 8 ranks
+    # 2 s of mixer time over 1,000 tokens -> 2 * 62.02e6 / 1000 s on the full split: the node's
+    # one n-gram pass covers the whole split on one thread, not divided over the 8 ranks
     assert projected_8xh100_seconds(cfg, flat, 1000, 2.0) == pytest.approx(one + 2 * FULL_SPLIT_TOKENS / 1000)
     assert projected_8xh100_seconds(cfg, flat, 1000, utilization=0.7) == pytest.approx(one / 2)
 

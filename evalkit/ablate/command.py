@@ -203,8 +203,10 @@ def table_md(rows: list[dict], baseline: str, args, device: str) -> str:
             "p(gain<0.005 nats): probability the mean-NLL gain is below the challenge's 0.005 nats/token.\n"
             f"Seconds measured on {device} (runs sharing a model pass each carry the pass plus their own "
             f"scoring). 8×H100 s (proj.): forward FLOPs × passes over {FULL_SPLIT_TOKENS / 1e6:.2f}M tokens at "
-            f"utilization {args.utilization:.2f} of 989 TFLOP/s bf16 per GPU, plus measured mixer time scaled "
-            "to the split / 8 ranks (evalkit.engine.cost.projected_8xh100_seconds).\n")
+            f"utilization {args.utilization:.2f} of 989 TFLOP/s bf16 per GPU, plus the measured mixer seconds "
+            "scaled to the split, not divided over the ranks (each node's one n-gram pass covers the whole "
+            f"split on one host thread; measured on {device}, everything the mixer's scoring took there: an "
+            "upper bound) (evalkit.engine.cost.projected_8xh100_seconds).\n")
     if docs < 30:  # the bootstrap treats the documents as the population: few make intervals too narrow
         foot += f"Only {docs} documents: intervals and p-values are optimistic; use hundreds for a claim.\n"
     unscored = [r["name"] for r in rows if r["unscored"]]
