@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import require_shared
 
@@ -35,3 +38,38 @@ def test_ngram_throughput_refuses_a_negative_warm_up():
     out = run_script("benchmarks/ngram_throughput.py", "--tokens", "1000", "--warm-gb", "-1")
     assert out.returncode == 2
     assert "--warm-gb must be >= 0" in out.stderr
+
+
+# A stand-in with the records' C interface: it hints token 7 with probability 1 everywhere.
+FAKE_C_STATE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+void *online_ngram_state_create(int ctx_len, int token_bits, int within_bits) { return malloc(8); }
+void online_ngram_state_destroy(void *p) { free(p); }
+int online_ngram_state_process_chunk_token_only(void *p, const uint16_t *tokens, int64_t n,
+                                                uint16_t *top, float *prob) {
+    for (int64_t i = 0; i < n; ++i) { top[i] = 7; prob[i] = 1.0f; }
+    return 0;
+}
+"""
+
+
+def test_ngram_vs_records_c_compiles_the_given_source_and_prints_the_ratio_last(tmp_path):
+    require_shared()
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src = tmp_path / "online_ngram_state.c"
+    src.write_text(FAKE_C_STATE)
+    out = run_script("benchmarks/ngram_vs_records_c.py", "--c-source", str(src), "--tokens", "20000",
+                     "--rounds", "2", "--spec", "tilt:orders=2-4", "--warm-gb", "0")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"records_over_c \d+\.\d{3}", lines[-1]), lines[-1]
+    assert any(line.startswith("tilt:orders=2-4: median") for line in lines)
+    assert any(line.startswith("tilt:preset=records: median") for line in lines)  # always timed: the headline
+
+
+def test_ngram_vs_records_c_names_a_missing_source():
+    out = run_script("benchmarks/ngram_vs_records_c.py", "--c-source", "/no/such/online_ngram_state.c")
+    assert out.returncode == 2
+    assert "--c-source /no/such/online_ngram_state.c: no such file" in out.stderr
