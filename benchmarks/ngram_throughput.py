@@ -79,6 +79,12 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
+def default_warm_gb(tokens: int) -> float:
+    """GiB to warm for a run of this many tokens: 120 bytes a token (the largest store plus
+    the kernel's outputs and the stream), at least 1 GiB."""
+    return max(1.0, 120 * tokens / 2**30)
+
+
 def warm_memory(gb: float) -> str:
     """Touch every page of gb GiB and free it: later allocations reuse host-backed pages."""
     t0 = time.perf_counter()
@@ -135,12 +141,12 @@ def main() -> None:
     ap.add_argument("--plain-repeat", action="store_true")
     ap.add_argument("--no-cold-compile", action="store_true")
     ap.add_argument("--warm-gb", type=float, default=None,
-                    help="GiB to touch and free before timing (default: 120 bytes per token, at least 1)")
+                    help="GiB to touch and free before timing (default: 120 bytes per token, at least 1; 0: none)")
     ap.add_argument("--skip-kernel", action="store_true")
     ap.add_argument("--skip-engine", action="store_true",
                     help="kernel figures only (the last line is then the kernel's)")
     args = ap.parse_args()
-    warm = args.warm_gb if args.warm_gb is not None else max(1.0, 120 * args.tokens / 2**30)
+    warm = args.warm_gb if args.warm_gb is not None else default_warm_gb(args.tokens)
     if warm < 0:
         ap.error("--warm-gb must be >= 0 (0 skips the memory warm-up)")
     torch.set_num_threads(1)

@@ -73,3 +73,13 @@ def test_ngram_vs_records_c_names_a_missing_source():
     out = run_script("benchmarks/ngram_vs_records_c.py", "--c-source", "/no/such/online_ngram_state.c")
     assert out.returncode == 2
     assert "--c-source /no/such/online_ngram_state.c: no such file" in out.stderr
+
+
+def test_ngram_vs_records_c_says_in_one_line_that_a_source_does_not_compile(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src = tmp_path / "online_ngram_state.c"
+    src.write_text("int broken( {\n")
+    out = run_script("benchmarks/ngram_vs_records_c.py", "--c-source", str(src), "--tokens", "20000")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "does not compile" in out.stderr, out.stderr
