@@ -1,4 +1,4 @@
-"""ILLEGAL (rules C1, C4): per-document TTT whose n-gram cache reads contexts across a BOS.
+"""ILLEGAL (rules C1, C3): per-document TTT whose n-gram cache reads contexts across a BOS.
 
 Found by evalkit's own audit (`--self-test` on a trained sp8192 model and FineWeb): TTT
 scores documents longest first, side by side in batches, so a document is often scored
